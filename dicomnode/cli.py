@@ -1,0 +1,186 @@
+"""Command line: `dicomnode serve|status|echo|jobs|retry|reprocess|analyze|evaluate|train`.
+
+Names, flags and JSON keys here are a stable contract: outside scripts depend on them. --json output goes
+alone to stdout; logs go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from dicomnode.config import ConfigError, load_config
+
+
+def _config(args: argparse.Namespace) -> Any:
+    return load_config(getattr(args, "config", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode import logs
+    from dicomnode.service import Node
+
+    cfg = _config(args)
+    logs.setup()
+    Node(cfg).run_forever()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dicomnode.status import collect, render
+
+    facts = collect(_config(args))
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        print(render(facts))
+    return 0
+
+
+_PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d+)$")
+
+
+def parse_peer(text: str) -> tuple[str, str, int]:
+    m = _PEER.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected AET@HOST:PORT, got {text!r}")
+    return m["ae"], m["host"], int(m["port"])
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.scu import echo
+
+    ae, host, port = args.peer
+    ok, detail = echo(ae, host, port, calling_ae=args.aet)
+    print(f"{'ok' if ok else 'failed'}: C-ECHO {ae}@{host}:{port} {detail}")
+    return 0 if ok else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from dicomnode.status import list_jobs, render_jobs
+
+    rows = list_jobs(_config(args), state=args.state, limit=args.limit)
+    print(json.dumps(rows, indent=2) if args.json else render_jobs(rows))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from dicomnode.jobs import retry_job
+
+    ok, msg = retry_job(_config(args), args.job_id)
+    print(msg, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from dicomnode.jobs import reprocess_study
+
+    ok, msg = reprocess_study(_config(args), args.study_uid)
+    print(msg, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from dicomnode.analyze import analyze_path
+
+    result = analyze_path(Path(args.path), Path(args.out), model=args.model, device=args.device, png=args.png)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for lv in result.get("levels", []):
+            print(f"{lv['level']:7s} {lv['kind']:8s} ({lv['x']:.0f},{lv['y']:.0f}) {','.join(lv['labels'])}"
+                  f" p={lv['confidence']:.2f}")
+        for f in result.get("files", []):
+            print(f"wrote {f}")
+    return 0 if result.get("levels") else 2
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ai.cli import evaluate_dir
+
+    report = evaluate_dir(Path(args.data), args.model, args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for k, v in report.items():
+            if k != "per_class":
+                print(f"{k:22s} {v}")
+        for k, v in report["per_class"].items():
+            print(f"  F1 {k:12s} {v['f1']:.3f}  (tp {v['tp']}, fp {v['fp']}, fn {v['fn']})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ai.train import run
+
+    report = run(Path(args.data), Path(args.out), folds=args.folds, lm_epochs=args.landmark_epochs,
+                 gr_epochs=args.grader_epochs, seed=args.seed, final=not args.no_final,
+                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicomnode", description="DICOM AI node for lumbar-spine MR")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, config: bool = True) -> Any:
+        sp = sub.add_parser(name, help=help_)
+        if config:
+            sp.add_argument("--config", help="TOML file (default: $DICOMNODE_CONFIG, else the bundled one)")
+        sp.set_defaults(func=fn)
+        return sp
+
+    add("serve", cmd_serve, "run the node (SCP, scheduler, workers)")
+    sp = add("status", cmd_status, "service, queue, recent jobs, disk; works while the service is stopped")
+    sp.add_argument("--json", action="store_true")
+    sp = add("echo", cmd_echo, "C-ECHO a peer", config=False)
+    sp.add_argument("peer", type=parse_peer, metavar="AET@HOST:PORT")
+    sp.add_argument("--aet", default="DICOMNODE", help="our calling AE title")
+    sp = add("jobs", cmd_jobs, "list jobs")
+    sp.add_argument("--state")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--json", action="store_true")
+    sp = add("retry", cmd_retry, "queue a failed job again")
+    sp.add_argument("job_id", type=int)
+    sp = add("reprocess", cmd_reprocess, "run a study again as a new job revision")
+    sp.add_argument("study_uid")
+    sp = add("analyze", cmd_analyze, "one study's files in, SR + GSPS out (no network)", config=False)
+    sp.add_argument("path")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--png", action="store_true", help="also write a preview PNG")
+    sp.add_argument("--model", default="default")
+    sp.add_argument("--device", default="auto")
+    sp = add("evaluate", cmd_evaluate, "score a model on annotated data (official metric)", config=False)
+    sp.add_argument("--data", required=True, help="folder with *_annotation.json and the images")
+    sp.add_argument("--model", default="default", help="name under ai/weights or a folder")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--json", action="store_true")
+    sp = add("train", cmd_train, "k-fold CV, then a final fit on all data", config=False)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--folds", type=int, default=5)
+    sp.add_argument("--landmark-epochs", type=int, default=45)
+    sp.add_argument("--grader-epochs", type=int, default=15)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--no-final", action="store_true", help="skip the final fit on all data")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"dicomnode: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Structured JSON log lines on stderr (the journal keeps them). Callers log UIDs and counts, never names,
+patient IDs or birth dates; `scrub` removes such keys should one slip into an event."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+PHI_KEYS = frozenset({"patient_name", "patient_id", "patient_birth_date", "PatientName", "PatientID",
+                      "PatientBirthDate", "name", "birth_date"})
+
+
+def scrub(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key in PHI_KEYS & event_dict.keys():
+        event_dict[key] = "<removed>"
+    return event_dict
+
+
+def setup(level: str = "INFO") -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level), format="%(message)s")
+    # pynetdicom is chatty and may print dataset contents at debug level: keep it at warnings.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            scrub,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(name: str = "dicomnode") -> Any:
+    return structlog.get_logger(name)

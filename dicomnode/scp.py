@@ -1,0 +1,227 @@
+"""The C-STORE / C-ECHO service class provider.
+
+The store handler is kept minimal on purpose: no pixel decode, one header read for the UIDs, one durable
+write, one Core INSERT. Everything else (completion, inference) happens elsewhere, off the SCP threads."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Engine
+
+from dicomnode import logs, metrics
+from dicomnode.config import Config
+from storage import db
+from storage.filestore import FileStore, read_header
+
+log = logs.get("dicomnode.scp")
+
+# DIMSE statuses we answer with
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+_config.UNRESTRICTED_STORAGE_SERVICE = True  # private and new storage SOP classes are stored too
+
+
+@dataclass
+class AssocStats:
+    row_id: int
+    started: float
+    instances: int = 0
+    bytes: int = 0
+    failures: int = 0
+    last_status: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def caller_allowed(allowed: list[str], ae_title: str, address: str) -> bool:
+    """Empty list = any caller. Entries are 'AE' or 'AE@IP' (IP may be a CIDR network)."""
+    if not allowed:
+        return True
+    for entry in allowed:
+        ae, _, ip = entry.partition("@")
+        if ae.strip() != ae_title.strip():
+            continue
+        if not ip:
+            return True
+        try:
+            if ipaddress.ip_address(address) in ipaddress.ip_network(ip, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+class StoreSCP:
+    """Owns the pynetdicom AE and its event handlers."""
+
+    def __init__(self, cfg: Config, engine: Engine, store: FileStore) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.store = store
+        self._assocs: dict[int, AssocStats] = {}
+        self._lock = threading.Lock()
+        self._conns: queue.LifoQueue[Any] = queue.LifoQueue()  # sqlite3 connections reused across instances
+        self.server: Any = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        node = self.cfg.node
+        ae = AE(ae_title=node.ae_title)
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = node.max_pdu_size
+        ae.maximum_associations = node.max_associations
+        ae.network_timeout = node.network_timeout
+        ae.acse_timeout = 30
+        ae.dimse_timeout = node.network_timeout
+        ae.require_called_aet = True  # the PACS must call us by our title
+        return ae
+
+    @property
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
+            (evt.EVT_ABORTED, self.on_aborted),
+        ]
+
+    def start(self) -> None:
+        node = self.cfg.node
+        self.server = self.ae.start_server((node.host, node.port), block=False, evt_handlers=self.handlers)
+        log.info("listening", ae_title=node.ae_title, host=node.host, port=self.server.server_address[1])
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # --- association events -------------------------------------------------------------------------
+    def on_requested(self, event: Any) -> None:
+        req = event.assoc.requestor
+        calling = str(req.primitive.calling_ae_title).strip()  # req.ae_title is set only after negotiation
+        if not caller_allowed(self.cfg.security.allowed_callers, calling, req.address):
+            self._record_closed_assoc(calling, req.address, req.port, "rejected", "caller not allowed")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanent, user, calling AE not recognised
+            event.assoc.kill()  # as pynetdicom's own rejection does: lets the DUL flush the A-ASSOCIATE-RJ
+            metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
+            log.warning("association rejected", calling_ae=calling, address=req.address, reason="caller not allowed")
+
+    def on_accepted(self, event: Any) -> None:
+        req = event.assoc.requestor
+        with self.engine.begin() as conn:
+            row_id = conn.execute(insert(db.associations).values(
+                calling_ae=req.ae_title.strip(), called_ae=event.assoc.acceptor.ae_title.strip(),
+                address=req.address, port=req.port, started=time.time(), outcome="open")).inserted_primary_key[0]
+        with self._lock:
+            self._assocs[id(event.assoc)] = AssocStats(row_id, time.time())
+
+    def on_aborted(self, event: Any) -> None:
+        stats = self._assocs.get(id(event.assoc))
+        if stats is not None:
+            stats.last_status = -1
+
+    def on_closed(self, event: Any) -> None:
+        with self._lock:
+            stats = self._assocs.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        req = event.assoc.requestor
+        aborted = event.assoc.is_aborted or stats.last_status == -1
+        outcome = "aborted" if aborted else "released"
+        duration = time.time() - stats.started
+        with self.engine.begin() as conn:
+            conn.execute(update(db.associations).where(db.associations.c.id == stats.row_id).values(
+                ended=time.time(), instances=stats.instances, bytes=stats.bytes, outcome=outcome,
+                detail=f"{stats.failures} failed stores" if stats.failures else None))
+        metrics.ASSOCIATIONS.labels(outcome=outcome).inc()
+        log.info("association closed", association_id=stats.row_id, calling_ae=req.ae_title.strip(),
+                 address=req.address, instances=stats.instances, bytes=stats.bytes, failures=stats.failures,
+                 duration_s=round(duration, 3), outcome=outcome)
+
+    def _record_closed_assoc(self, calling: str, address: str, port: int, outcome: str, detail: str) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(insert(db.associations).values(
+                calling_ae=calling, called_ae=self.cfg.node.ae_title, address=address, port=port, started=now,
+                ended=now, instances=0, bytes=0, outcome=outcome, detail=detail))
+
+    # --- DIMSE --------------------------------------------------------------------------------------
+    def on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def on_store(self, event: Any) -> int:
+        stats = self._assocs.get(id(event.assoc))
+        status = self._store(event, stats)
+        if stats is not None:
+            with stats.lock:
+                if status == SUCCESS:
+                    stats.instances += 1
+                else:
+                    stats.failures += 1
+        return status
+
+    def _store(self, event: Any, stats: AssocStats | None) -> int:
+        if self.store.free_bytes() < self.cfg.node.min_free_bytes:
+            metrics.STORE_FAILURES.labels(reason="disk_full").inc()
+            return OUT_OF_RESOURCES
+        req = event.request
+        data = event.encoded_dataset()
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        try:
+            hdr = read_header(data)
+            study_uid = str(hdr.StudyInstanceUID)
+            series_uid = str(hdr.SeriesInstanceUID)
+        except Exception as exc:  # noqa: BLE001 - any unreadable header is the sender's problem, not a crash
+            metrics.STORE_FAILURES.labels(reason="unreadable").inc()
+            log.warning("store refused", sop_instance_uid=sop_uid, reason=f"unreadable header: {type(exc).__name__}")
+            return CANNOT_UNDERSTAND
+        if not study_uid or not series_uid or not sop_uid:
+            metrics.STORE_FAILURES.labels(reason="missing_uid").inc()
+            log.warning("store refused", sop_instance_uid=sop_uid, reason="missing study/series/instance UID")
+            return CANNOT_UNDERSTAND
+        path = self.store.path_for(study_uid, series_uid, sop_uid)
+        try:
+            self.store.write(path, data)
+        except OSError as exc:
+            metrics.STORE_FAILURES.labels(reason="io").inc()
+            log.error("store failed", sop_instance_uid=sop_uid, error=exc.strerror)
+            return OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PROCESSING_FAILURE
+        row = {
+            "sop_instance_uid": sop_uid, "sop_class_uid": str(req.AffectedSOPClassUID), "study_uid": study_uid,
+            "series_uid": series_uid, "transfer_syntax": str(UID(event.context.transfer_syntax)),
+            "path": str(path.relative_to(self.store.root)), "size": len(data), "received_at": time.time(),
+            "association_id": stats.row_id if stats else None,
+        }
+        try:
+            conn = self._conns.get_nowait() if not self._conns.empty() else db.connect_raw(self.engine)
+            try:
+                db.record_instance(conn, row)
+            finally:
+                self._conns.put(conn)
+        except Exception as exc:  # noqa: BLE001 - the database may be locked for longer than busy_timeout
+            metrics.STORE_FAILURES.labels(reason="database").inc()
+            log.error("index failed", sop_instance_uid=sop_uid, error=type(exc).__name__)
+            return OUT_OF_RESOURCES  # transient: the sender may retry; the file will be re-indexed at start
+        if stats is not None:
+            with stats.lock:
+                stats.bytes += len(data)
+        metrics.INSTANCES.inc()
+        metrics.BYTES.inc(len(data))
+        return SUCCESS

@@ -1,0 +1,99 @@
+"""Service class user: C-ECHO and C-STORE of our results, with each object's status checked.
+
+pynetdicom 3.0.4 sometimes loses a C-STORE response on back-to-back sends; a short DIMSE timeout and a retry
+of the missing objects on a fresh association cover it."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicomnode import logs
+
+log = logs.get("dicomnode.scu")
+
+# Association rejections and statuses after which a retry cannot help.
+PERMANENT = "permanent"
+TRANSIENT = "transient"
+
+
+@dataclass
+class SendResult:
+    sop_instance_uid: str
+    ok: bool
+    kind: str = ""  # PERMANENT / TRANSIENT when not ok
+    detail: str = ""
+
+
+def _ae(calling_ae: str) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = 15
+    ae.dimse_timeout = 30
+    ae.network_timeout = 30
+    return ae
+
+
+def echo(ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE") -> tuple[bool, str]:
+    ae = _ae(calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    if not assoc.is_established:
+        return False, "association not established" + (" (rejected)" if assoc.is_rejected else "")
+    try:
+        status = assoc.send_c_echo()
+        ok = bool(status) and status.Status == 0x0000
+        return ok, f"status 0x{status.Status:04X}" if status else "no response"
+    finally:
+        assoc.release()
+
+
+def store(files: list[Path], ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE") -> list[SendResult]:
+    """Send files over one association; every object gets a result. Never raises for network trouble."""
+    datasets = [dcmread(f) for f in files]
+    ae = _ae(calling_ae)
+    for cls_uid, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
+        ae.add_requested_context(cls_uid, ts)
+    try:
+        assoc = ae.associate(host, port, ae_title=ae_title)
+    except (OSError, socket.error) as exc:
+        return [SendResult(str(d.SOPInstanceUID), False, TRANSIENT, f"connect: {exc}") for d in datasets]
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            prim = assoc.acceptor.primitive
+            result = getattr(prim, "result", None)
+            kind = PERMANENT if result == 0x01 else TRANSIENT
+            detail = f"association rejected (result {result}, reason {getattr(prim, 'diagnostic', None)})"
+        else:
+            kind, detail = TRANSIENT, "association not established (peer down or aborted)"
+        return [SendResult(str(d.SOPInstanceUID), False, kind, detail) for d in datasets]
+    results = []
+    try:
+        for d in datasets:
+            uid = str(d.SOPInstanceUID)
+            if not assoc.is_established:
+                results.append(SendResult(uid, False, TRANSIENT, "association lost"))
+                continue
+            try:
+                status = assoc.send_c_store(d)
+            except ValueError as exc:  # no accepted presentation context for this SOP class
+                results.append(SendResult(uid, False, PERMANENT, f"not accepted by peer: {exc}"))
+                continue
+            if not status:
+                results.append(SendResult(uid, False, TRANSIENT, "no response (timeout or abort)"))
+                continue
+            code = int(status.Status)
+            if code in (0x0000, 0xB000, 0xB007, 0xB006):  # success or warning: stored
+                results.append(SendResult(uid, True, detail=f"0x{code:04X}"))
+            elif code & 0xFF00 == 0xA700 or code == 0x0213:  # out of resources: try later
+                results.append(SendResult(uid, False, TRANSIENT, f"status 0x{code:04X}"))
+            else:
+                results.append(SendResult(uid, False, PERMANENT, f"status 0x{code:04X}"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results

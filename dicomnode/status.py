@@ -1,0 +1,125 @@
+"""What an admin sees: `dicomnode status` and `dicomnode jobs`. Reads the database and the state file, so it
+works while the service is stopped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from typing import Any
+
+from sqlalchemy import desc, func, select
+
+from dicomnode import heartbeat
+from dicomnode.config import Config
+from storage import db
+from storage.states import JobState
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "-"
+    s = time.time() - t
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.0f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
+def list_jobs(cfg: Config, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    path = cfg.data_path / "dicomnode.db"
+    if not path.exists():
+        return []
+    engine = db.open_db(path)
+    q = select(db.jobs).order_by(desc(db.jobs.c.id)).limit(limit)
+    if state:
+        q = q.where(db.jobs.c.state == state)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(q)]
+    engine.dispose()
+    out = []
+    for r in rows:
+        dur = (r["finished"] - r["started"]) if r["finished"] and r["started"] else None
+        out.append({
+            "id": r["id"], "study_uid": r["study_uid"], "revision": r["revision"], "state": r["state"],
+            "reason_code": r["reason_code"], "reason": r["reason"], "created": r["created"],
+            "updated": r["updated"], "duration_s": round(dur, 3) if dur is not None else None,
+            "series_uid": r["series_uid"], "sop_instance_uid": r["sop_instance_uid"],
+            "model_version": r["model_version"],
+            "selection": json.loads(r["selection"]) if r["selection"] else None,
+        })
+    return out
+
+
+def collect(cfg: Config) -> dict[str, Any]:
+    data = cfg.data_path
+    service = heartbeat.read(data)
+    disk_root = data if data.exists() else data.parent
+    facts: dict[str, Any] = {
+        "service": {"up": service.get("up", False), "pid": service.get("pid") if service.get("up") else None,
+                    "since": service.get("started") if service.get("up") else None,
+                    "model_version": service.get("model")},
+        "ae_title": cfg.node.ae_title, "port": cfg.node.port, "data_dir": str(data),
+        "disk_free_bytes": shutil.disk_usage(disk_root).free,
+        "min_free_bytes": cfg.node.min_free_bytes,
+        "instances": 0, "studies": 0, "jobs": {s.value: 0 for s in JobState},
+        "recent_jobs": [], "failures": [], "last_hour": {"instances": 0, "receive_rate_per_min": 0.0,
+                                                           "jobs_done": 0, "job_latency_s_mean": None},
+    }
+    path = data / "dicomnode.db"
+    if not path.exists():
+        return facts
+    engine = db.open_db(path)
+    facts.update(db.counts(engine))
+    hour = time.time() - 3600
+    with engine.connect() as conn:
+        n = conn.execute(select(func.count()).where(db.instances.c.received_at >= hour)).scalar_one()
+        done = conn.execute(select(db.jobs.c.started, db.jobs.c.finished).where(
+            db.jobs.c.state == JobState.DONE.value, db.jobs.c.finished >= hour)).all()
+        assoc = conn.execute(select(func.count()).where(db.associations.c.started >= hour)).scalar_one()
+    engine.dispose()
+    lat = [f - s for s, f in done if s and f]
+    facts["last_hour"] = {"instances": n, "receive_rate_per_min": round(n / 60, 2), "associations": assoc,
+                          "jobs_done": len(done), "job_latency_s_mean": round(sum(lat) / len(lat), 2) if lat else None}
+    jobs = list_jobs(cfg, limit=10)
+    facts["recent_jobs"] = [{k: j[k] for k in ("id", "study_uid", "state", "duration_s", "updated")} for j in jobs]
+    facts["failures"] = [{k: j[k] for k in ("id", "study_uid", "state", "reason_code", "reason")}
+                         for j in list_jobs(cfg, state=JobState.FAILED.value, limit=10)]
+    return facts
+
+
+def render(f: dict[str, Any]) -> str:
+    svc = f["service"]
+    up = f"UP since {_ago(svc['since'])} (pid {svc['pid']})" if svc["up"] else "DOWN"
+    lines = [
+        f"dicomnode  {up}",
+        f"  AE {f['ae_title']}  port {f['port']}  model {svc.get('model_version') or '-'}",
+        f"  data {f['data_dir']}  disk free {f['disk_free_bytes'] / 1e9:.1f} GB"
+        + ("  LOW: refusing stores" if f["disk_free_bytes"] < f["min_free_bytes"] else ""),
+        f"  stored {f['instances']} instances in {f['studies']} studies",
+        f"  last hour: {f['last_hour']['instances']} instances, {f['last_hour']['jobs_done']} jobs done,"
+        f" mean latency {f['last_hour']['job_latency_s_mean'] or '-'} s",
+        "  queue: " + "  ".join(f"{k} {v}" for k, v in f["jobs"].items() if v) if any(f["jobs"].values())
+        else "  queue: empty",
+    ]
+    if f["recent_jobs"]:
+        lines.append("  recent jobs:")
+        for j in f["recent_jobs"]:
+            d = f"{j['duration_s']:.1f}s" if j["duration_s"] is not None else "-"
+            lines.append(f"    #{j['id']:<5} {j['state']:10s} {d:>7s}  {j['study_uid']}")
+    if f["failures"]:
+        lines.append("  failures:")
+        for j in f["failures"]:
+            lines.append(f"    #{j['id']:<5} {j['reason_code'] or '-'}: {j['reason'] or ''}  {j['study_uid']}")
+    return "\n".join(lines)
+
+
+def render_jobs(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no jobs"
+    out = [f"{'id':>5}  {'state':10s} {'rev':>3}  {'duration':>8}  study / reason"]
+    for j in rows:
+        d = f"{j['duration_s']:.1f}s" if j["duration_s"] is not None else "-"
+        why = f"  [{j['reason_code']}: {j['reason']}]" if j["reason_code"] else ""
+        out.append(f"{j['id']:>5}  {j['state']:10s} {j['revision']:>3}  {d:>8}  {j['study_uid']}{why}")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Durable state: the SQLite index and job rows (SQLAlchemy) and the file store."""

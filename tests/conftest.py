@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from peers import NodeProcess, Orthanc, free_port, have, write_config  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tianchi-spark-train150"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_peers = pytest.mark.skip(reason="DICOM peers (dcmtk, orthanc, dicom3tools) not installed: run the README test command")
+    skip_data = pytest.mark.skip(reason=f"annotated data not found at {SHARED_DATA} (../shared is absent)")
+    for item in items:
+        if "peers" in item.keywords and not have("storescu", "echoscu", "/usr/sbin/Orthanc"):
+            item.add_marker(skip_peers)
+        if "data" in item.keywords and not SHARED_DATA.is_dir():
+            item.add_marker(skip_data)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path):
+    """Start nodes with a config built from keyword sections; all are stopped at the end."""
+    started: list[NodeProcess] = []
+
+    def make(name: str = "node", port: int | None = None, **sections) -> NodeProcess:
+        port = port or free_port()
+        cfg = write_config(tmp_path / f"{name}.toml", tmp_path / name, port, **sections)
+        node = NodeProcess(cfg, tmp_path / f"{name}.log")
+        node.port = port  # type: ignore[attr-defined]
+        node.data_dir = tmp_path / name  # type: ignore[attr-defined]
+        started.append(node)
+        return node
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path: Path):
+    started: list[Orthanc] = []
+
+    def make(modalities=None, name: str = "orthanc") -> Orthanc:
+        o = Orthanc(tmp_path / name, modalities=modalities)
+        started.append(o)
+        return o.start()
+
+    yield make
+    for o in started:
+        o.stop()

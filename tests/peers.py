@@ -1,0 +1,171 @@
+"""Real peers for the tests: the node as a subprocess, Orthanc, DCMTK tools. Every server binds 127.0.0.1
+(Orthanc cannot: it gets unusual ports and HTTP remote access off) and is stopped by its PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
+DICOMNODE = [sys.executable, "-m", "dicomnode.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def have(*tools: str) -> bool:
+    return all(shutil.which(t) for t in tools)
+
+
+def write_config(path: Path, data_dir: Path, port: int, **sections: dict[str, Any]) -> Path:
+    """TOML from nested dicts; [[destinations]] from a list."""
+    node = {"data_dir": str(data_dir), "port": port, "host": "127.0.0.1", "min_free_bytes": 1000}
+    node.update(sections.pop("node", {}))
+    sched = {"study_quiet_seconds": 3, "series_quiet_seconds": 2, "max_wait_seconds": 60, "poll_seconds": 0.5}
+    sched.update(sections.pop("scheduler", {}))
+    sections = {"node": node, "scheduler": sched, **sections}
+    lines: list[str] = []
+    dests = sections.pop("destinations", [])
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    for d in dests:
+        lines.append("[[destinations]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in d.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class NodeProcess:
+    """`dicomnode serve` in a subprocess; ready when it logged 'listening'."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> "NodeProcess":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.log, "ab")
+        start_at = self.log.stat().st_size
+        self.proc = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(self.config)],
+                                     stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd=ROOT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited: {self.log.read_text()[-3000:]}")
+            with open(self.log, "rb") as f:
+                f.seek(start_at)
+                if b'"listening"' in f.read():
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError("node did not start listening")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+
+class Orthanc:
+    """Orthanc as the hospital PACS, with the node as a modality."""
+
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None) -> None:
+        self.dir = workdir
+        self.aet = aet
+        self.http = free_port()
+        self.dicom = free_port()
+        self.modalities = modalities or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Orthanc":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "Name": "test-pacs", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
+            "HttpPort": self.http, "DicomPort": self.dicom, "DicomAet": self.aet, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [], "StableAge": 2,
+            "DicomModalities": self.modalities, "MaximumPduLength": 131072,
+        }
+        (self.dir / "orthanc.json").write_text(json.dumps(cfg))
+        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", f"--logfile={self.dir / 'orthanc.log'}",
+                                      str(self.dir / "orthanc.json")], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                self.get("/system")
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("Orthanc did not start")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http}{path}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url(path), timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: bytes | dict[str, Any], timeout: float = 120) -> Any:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url(path), data=data, method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"null")
+
+    def upload(self, files: list[Path]) -> list[str]:
+        return [self.post("/instances", f.read_bytes())["ParentStudy"] for f in files]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def storescu(port: int, files: list[Path] | Path, aet: str = "STORESCU", aec: str = "DICOMNODE",
+             extra: list[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    paths = [str(files)] if isinstance(files, Path) else [str(f) for f in files]
+    cmd = ["storescu", "-v", "-aet", aet, "-aec", aec, *(extra or []), "127.0.0.1", str(port)]
+    if isinstance(files, Path) and files.is_dir():
+        cmd += ["+sd", "+r"]
+    return subprocess.run(cmd + paths, capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
+
+
+def successes(proc_output: str) -> int:
+    return proc_output.count("Received Store Response (Success)")

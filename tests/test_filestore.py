@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+
+from storage.filestore import FileStore, safe_part
+
+
+@pytest.mark.parametrize("uid", ["../../etc/passwd", "1.2/../3", "a\x00b", "..", "/abs", "1.2.3\\4", " " * 3])
+def test_unsafe_uids_become_hashes_without_separators(uid: str):
+    part = safe_part(uid)
+    assert part.startswith("h") and "/" not in part and "\\" not in part and ".." not in part
+
+
+def test_valid_uid_is_kept_readable():
+    assert safe_part("1.2.840.10008.5.1.4.1.1.4") == "1.2.840.10008.5.1.4.1.1.4"
+
+
+def test_paths_stay_inside_the_store(tmp_path: Path):
+    store = FileStore(tmp_path)
+    p = store.path_for("../../x", "../y", "../../../z")
+    assert p.resolve().is_relative_to(store.studies.resolve())
+
+
+def test_write_is_atomic_and_leaves_no_temp(tmp_path: Path):
+    store = FileStore(tmp_path)
+    dest = store.path_for("1.2", "1.2.3", "1.2.3.4")
+    store.write(dest, b"x" * 1000)
+    store.write(dest, b"y" * 10)  # same instance again: replaced, one copy
+    assert dest.read_bytes() == b"y" * 10
+    assert list(store.tmp.iterdir()) == []
+    assert len(list(store.iter_files())) == 1
