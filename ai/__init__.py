@@ -1,0 +1,1 @@
+"""The spine models: landmark detection, per-level grading, training and evaluation."""

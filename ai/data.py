@@ -1,0 +1,105 @@
+"""Loader for the Tianchi Spark annotation format, with its quirks made explicit.
+
+Quirks kept on purpose (they exist in the real file): a tag may carry both 'disc' and 'vertebra' keys with
+one empty; a tag may be empty; disc labels may be combined ('v2,v5', 'v5,v2'); one study has 10 points.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from ai.labels import LEVEL_INDEX, LEVELS, level_kind
+
+
+@dataclass
+class Point:
+    level: str
+    x: float
+    y: float
+    labels: list[str]  # e.g. ["v2", "v5"]; empty when the annotation left the tag blank
+
+
+@dataclass
+class Study:
+    study_uid: str
+    series_uid: str
+    instance_uid: str
+    path: Path
+    points: dict[str, Point] = field(default_factory=dict)
+
+    def load(self) -> tuple[np.ndarray, tuple[float, float]]:
+        """Pixels as float32 and (row, column) spacing in mm."""
+        ds = pydicom.dcmread(self.path)
+        return ds.pixel_array.astype(np.float32), pixel_spacing(ds)
+
+
+def pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+    sp = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0]
+    return float(sp[0]), float(sp[1])
+
+
+def parse_labels(tag: dict, kind: str) -> list[str]:
+    """Labels of one annotated point for its kind, sorted and de-duplicated ('v5,v2' -> ['v2','v5'])."""
+    raw = tag.get(kind) or ""
+    labels = sorted({part.strip() for part in raw.split(",") if part.strip()})
+    return labels
+
+
+def load_annotations(annotation_file: Path, image_root: Path | None = None) -> list[Study]:
+    """Studies of one annotation JSON; images looked up by SOP Instance UID under image_root."""
+    image_root = image_root or annotation_file.parent / "images"
+    by_uid = index_instances(image_root)
+    studies: list[Study] = []
+    for entry in json.loads(annotation_file.read_text()):
+        data = entry["data"][0]
+        path = by_uid.get(data["instanceUid"])
+        if path is None:
+            raise FileNotFoundError(f"no image for instance {data['instanceUid']} under {image_root}")
+        study = Study(entry["studyUid"], data["seriesUid"], data["instanceUid"], path)
+        for raw in data["annotation"][0]["data"]["point"]:
+            level = raw["tag"].get("identification", "")
+            if level not in LEVEL_INDEX:
+                continue
+            x, y = raw["coord"]
+            study.points[level] = Point(level, float(x), float(y), parse_labels(raw["tag"], level_kind(level)))
+        studies.append(study)
+    return studies
+
+
+def index_instances(root: Path) -> dict[str, Path]:
+    """SOP Instance UID -> file, reading headers only."""
+    index: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        index[str(ds.SOPInstanceUID)] = path
+    return index
+
+
+def find_annotation(data_dir: Path) -> Path:
+    found = sorted(Path(data_dir).glob("*_annotation.json"))
+    if not found:
+        raise FileNotFoundError(f"no *_annotation.json in {data_dir}")
+    return found[0]
+
+
+def load_dataset(data_dir: Path) -> list[Study]:
+    data_dir = Path(data_dir)
+    ann = find_annotation(data_dir)
+    root = data_dir / "images" if (data_dir / "images").is_dir() else data_dir
+    return load_annotations(ann, root)
+
+
+def target_array(study: Study) -> tuple[np.ndarray, np.ndarray]:
+    """(11, 2) xy array and (11,) presence mask in LEVELS order."""
+    xy = np.zeros((len(LEVELS), 2), np.float32)
+    mask = np.zeros(len(LEVELS), bool)
+    for level, p in study.points.items():
+        i = LEVEL_INDEX[level]
+        xy[i] = (p.x, p.y)
+        mask[i] = True
+    return xy, mask

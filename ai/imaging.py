@@ -1,0 +1,90 @@
+"""Pixel preparation shared by training and inference, so both see the same input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+INPUT_SIZE = 256  # the landmark model's square input
+
+
+def normalise(pixels: np.ndarray) -> np.ndarray:
+    """Robust min-max to 0..1 (percentiles, so one hot pixel in a raw MR slice does not darken the rest)."""
+    p = pixels.astype(np.float32)
+    lo, hi = np.percentile(p, (0.5, 99.5))
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((p - lo) / (hi - lo), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Maps original pixel coordinates to the square model input and back."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+
+    @classmethod
+    def fit(cls, rows: int, cols: int, size: int = INPUT_SIZE) -> "Letterbox":
+        scale = size / max(rows, cols)
+        return cls(scale, (size - cols * scale) / 2, (size - rows * scale) / 2)
+
+    def to_input(self, xy: np.ndarray) -> np.ndarray:
+        return xy * self.scale + np.array([self.pad_x, self.pad_y], np.float32)
+
+    def to_image(self, xy: np.ndarray) -> np.ndarray:
+        return (xy - np.array([self.pad_x, self.pad_y], np.float32)) / self.scale
+
+
+def letterbox_tensor(img: np.ndarray, box: Letterbox, size: int = INPUT_SIZE) -> torch.Tensor:
+    """(1, size, size) float tensor: the image scaled by box.scale and centred on a black square."""
+    t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+    rows, cols = img.shape
+    h, w = max(1, round(rows * box.scale)), max(1, round(cols * box.scale))
+    t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    out = torch.zeros(1, 1, size, size)
+    y0, x0 = int(round(box.pad_y)), int(round(box.pad_x))
+    out[:, :, y0 : y0 + h, x0 : x0 + w] = t[:, :, : size - y0, : size - x0]
+    return out[0]
+
+
+def crop_patch(
+    img: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor, side: torch.Tensor, out: int
+) -> torch.Tensor:
+    """Crops (N, 1, out, out) squares from one image (1, H, W): centred at `centre` (N, 2) xy, with side
+    length `side` (N,) pixels, turned so that `axis` (N, 2, unit vectors along the spine, head to feet)
+    points down the crop. Bilinear, zeros outside."""
+    _, h, w = img.shape
+    n = centre.shape[0]
+    down = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    right = torch.stack([-down[:, 1], down[:, 0]], 1)  # perpendicular
+    half = side[:, None] / 2
+    # affine_grid maps output (u, v) in [-1, 1] to input normalised coordinates.
+    sx, sy = 2.0 / w, 2.0 / h
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = right[:, 0] * half[:, 0] * sx
+    theta[:, 0, 1] = down[:, 0] * half[:, 0] * sx
+    theta[:, 1, 0] = right[:, 1] * half[:, 0] * sy
+    theta[:, 1, 1] = down[:, 1] * half[:, 0] * sy
+    theta[:, 0, 2] = (centre[:, 0] + 0.5) * sx - 1
+    theta[:, 1, 2] = (centre[:, 1] + 0.5) * sy - 1
+    grid = F.affine_grid(theta, (n, 1, out, out), align_corners=False)
+    return F.grid_sample(img[None].expand(n, -1, -1, -1), grid, mode="bilinear", align_corners=False)
+
+
+def spine_geometry(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per level: unit axis along the spine (from the neighbours) and the local level spacing in pixels."""
+    n = len(xy)
+    axis = np.zeros_like(xy)
+    spacing = np.zeros(n, np.float32)
+    for i in range(n):
+        a, b = xy[max(i - 1, 0)], xy[min(i + 1, n - 1)]
+        d = b - a
+        axis[i] = d / max(np.linalg.norm(d), 1e-6)
+        steps = min(i + 1, n - 1) - max(i - 1, 0)
+        spacing[i] = np.linalg.norm(d) / max(steps, 1)
+    return axis, spacing

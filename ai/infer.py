@@ -1,0 +1,129 @@
+"""The one inference entry point: a 2-D slice and its PixelSpacing in, 11 graded levels out.
+
+Models load once per worker (`Analyzer.load`), never per job."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ai.decide import Decision
+from ai.imaging import Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
+from ai.labels import LEVELS, level_kind
+from ai.models import CROP_SIZE, CROP_SPACINGS, DISC, V5, VERT, Grader, LandmarkNet, decode_heatmaps
+
+WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass
+class LevelResult:
+    level: str
+    kind: str
+    x: float  # column, pixels of the analysed slice
+    y: float  # row
+    labels: list[str]
+    confidence: float  # of the grading
+    localisation: float  # heatmap mass near the peak, 0..1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["x"], d["y"] = round(self.x, 2), round(self.y, 2)
+        d["confidence"], d["localisation"] = round(self.confidence, 4), round(self.localisation, 4)
+        return d
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Analyzer:
+    """Landmark net + grader + decision rule, loaded once."""
+
+    def __init__(self, landmarks: LandmarkNet, grader: Grader, decision: Decision, meta: dict,
+                 device: torch.device) -> None:
+        self.landmarks = landmarks.to(device).eval()
+        self.grader = grader.to(device).eval()
+        self.decision = decision
+        self.meta = meta
+        self.device = device
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unversioned"))
+
+    @classmethod
+    def load(cls, model: str | Path = "default", device: str = "auto") -> "Analyzer":
+        folder = Path(model) if Path(model).is_dir() else WEIGHTS_ROOT / str(model)
+        meta_path = folder / "model.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no model at {folder} (model.json missing)")
+        meta = json.loads(meta_path.read_text())
+        lm = LandmarkNet(meta.get("width", 16))
+        lm.load_state_dict({k: v.float() for k, v in load_file(folder / "landmarks.safetensors").items()})
+        gr = Grader()
+        gr.load_state_dict({k: v.float() for k, v in load_file(folder / "grader.safetensors").items()})
+        return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, pick_device(device))
+
+    def save(self, folder: Path, extra_meta: dict | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        half = lambda sd: {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}  # noqa: E731
+        save_file(half(self.landmarks.state_dict()), folder / "landmarks.safetensors")
+        save_file(half(self.grader.state_dict()), folder / "grader.safetensors")
+        meta = dict(self.meta, decision=self.decision.to_dict(), **(extra_meta or {}))
+        (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @torch.inference_mode()
+    def locate(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(11, 2) xy in slice pixels and (11,) localisation confidence."""
+        box = Letterbox.fit(*img01.shape)
+        x = letterbox_tensor(img01, box)[None].to(self.device)
+        xy, conf = decode_heatmaps(self.landmarks(x).float().cpu())
+        return box.to_image(xy[0].numpy()), conf[0].numpy()
+
+    @torch.inference_mode()
+    def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        """(11, 7) probabilities: vertebra softmax | disc softmax | v5 sigmoid."""
+        crops = level_crops(torch.from_numpy(img01)[None], xy).to(self.device)
+        logits = self.grader(crops, torch.arange(len(LEVELS), device=self.device)).float().cpu()
+        return grade_probs(logits).numpy()
+
+    def analyze(self, pixels: np.ndarray, spacing: tuple[float, float]) -> list[LevelResult]:
+        """spacing is (row, column) mm; kept in the signature because callers and future models use it."""
+        del spacing
+        img = normalise(pixels)
+        xy, loc = self.locate(img)
+        probs = self.grade(img, xy)
+        out = []
+        for i, level in enumerate(LEVELS):
+            labels, conf = self.decision.labels(level, probs[i])
+            out.append(LevelResult(level, level_kind(level), float(xy[i, 0]), float(xy[i, 1]), labels, conf,
+                                   float(loc[i])))
+        return out
+
+
+def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None) -> torch.Tensor:
+    """(11, 1, CROP, CROP) crops along the spine, sized by the local level spacing and turned upright."""
+    axis, spacing = spine_geometry(xy)
+    side = np.maximum(spacing * CROP_SPACINGS, 16.0)
+    centre = xy.copy()
+    if jitter:
+        rng = jitter["rng"]
+        n = len(xy)
+        ang = np.deg2rad(rng.uniform(-jitter["deg"], jitter["deg"], n))
+        c, s = np.cos(ang), np.sin(ang)
+        axis = np.stack([c * axis[:, 0] - s * axis[:, 1], s * axis[:, 0] + c * axis[:, 1]], 1)
+        side = side * rng.uniform(1 - jitter["scale"], 1 + jitter["scale"], n)
+        centre = centre + rng.normal(0, jitter["shift"], (n, 2)) * spacing[:, None]
+    return crop_patch(img.float(), torch.from_numpy(centre).float(), torch.from_numpy(axis).float(),
+                      torch.from_numpy(side).float(), CROP_SIZE)
+
+
+def grade_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.cat([logits[:, VERT].softmax(1), logits[:, DISC].softmax(1), logits[:, V5 : V5 + 1].sigmoid()], 1)

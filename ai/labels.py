@@ -1,0 +1,45 @@
+"""The one place for levels and label codes of the Tianchi Spark annotation scheme."""
+
+from __future__ import annotations
+
+LEVELS: tuple[str, ...] = (
+    "T12-L1", "L1", "L1-L2", "L2", "L2-L3", "L3", "L3-L4", "L4", "L4-L5", "L5", "L5-S1",
+)
+LEVEL_INDEX = {name: i for i, name in enumerate(LEVELS)}
+
+
+def level_kind(level: str) -> str:
+    """'disc' for intervertebral levels (named with a dash), else 'vertebra'."""
+    return "disc" if "-" in level else "vertebra"
+
+
+VERTEBRA_LABELS = ("v1", "v2")
+DISC_MAIN_LABELS = ("v1", "v2", "v3", "v4")  # normal < bulge < protrusion < extrusion
+SCHMORL = "v5"
+
+# The challenge's seven scored columns: (kind, label).
+SCORED_CLASSES: tuple[tuple[str, str], ...] = (
+    ("disc", "v1"), ("disc", "v2"), ("disc", "v3"), ("disc", "v4"), ("disc", "v5"),
+    ("vertebra", "v1"), ("vertebra", "v2"),
+)
+
+LABEL_TEXT = {
+    ("vertebra", "v1"): "normal",
+    ("vertebra", "v2"): "degenerated",
+    ("disc", "v1"): "normal",
+    ("disc", "v2"): "bulge",
+    ("disc", "v3"): "protrusion",
+    ("disc", "v4"): "extrusion",
+    ("disc", "v5"): "Schmorl's node",
+}
+
+
+def is_abnormal(kind: str, labels: list[str]) -> bool:
+    return any(label != "v1" for label in labels)
+
+
+def describe(level: str, labels: list[str]) -> str:
+    """Readable finding text, e.g. 'L4-L5: protrusion, Schmorl's node'."""
+    kind = level_kind(level)
+    words = [LABEL_TEXT.get((kind, label), label) for label in labels] or ["not graded"]
+    return f"{level}: {', '.join(words)}"

@@ -1,0 +1,308 @@
+"""Training with k-fold cross-validation on the annotated slices, then a final fit on all of them.
+
+Decision biases are tuned on out-of-fold predictions of the *other* folds before a fold is scored, so the CV
+figures never see their own tuning."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ai.data import Study, load_dataset, target_array
+from ai.decide import Decision
+from ai.evaluate import StudyResult, evaluate
+from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
+from ai.infer import Analyzer, grade_probs, level_crops
+from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
+from ai.models import DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Item:
+    study: Study
+    img01: np.ndarray  # normalised full-resolution slice
+    spacing: tuple[float, float]
+    net_in: torch.Tensor  # (1, S, S) letterboxed
+    box: Letterbox
+    xy: np.ndarray  # (11, 2) slice pixels
+    mask: np.ndarray  # (11,) present
+
+
+def prepare(studies: list[Study]) -> list[Item]:
+    items = []
+    for s in studies:
+        pixels, spacing = s.load()
+        img = normalise(pixels)
+        box = Letterbox.fit(*img.shape)
+        xy, mask = target_array(s)
+        items.append(Item(s, img, spacing, letterbox_tensor(img, box), box, xy, mask))
+    return items
+
+
+def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation/scale/shift (anatomy-preserving: no flips) and intensity gamma/contrast.
+    pts in input pixels (N, 11, 2)."""
+    n, _, s, _ = x.shape
+    ang = np.deg2rad(rng.uniform(-12, 12, n))
+    scale = rng.uniform(0.85, 1.2, n)  # >1 zooms in
+    shift = rng.uniform(-0.1, 0.1, (n, 2))
+    cos, sin = np.cos(ang) / scale, np.sin(ang) / scale
+    a = torch.tensor(np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1), dtype=torch.float32)
+    t = torch.tensor(shift, dtype=torch.float32)
+    theta = torch.cat([a, t[:, :, None]], 2)
+    grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    gamma = torch.tensor(rng.uniform(0.7, 1.4, n), dtype=torch.float32).view(n, 1, 1, 1)
+    gain = torch.tensor(rng.uniform(0.8, 1.2, n), dtype=torch.float32).view(n, 1, 1, 1)
+    x = (x.clamp(0, 1) ** gamma * gain).clamp(0, 1)
+    norm = (pts + 0.5) / s * 2 - 1  # input normalised coords
+    out = torch.linalg.solve(a, (norm - t[:, None, :]).transpose(1, 2)).transpose(1, 2)
+    return x, (out + 1) / 2 * s - 0.5
+
+
+def _heatmap_loss(logits: torch.Tensor, pts: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the spatial softmax against a normalised Gaussian at each landmark."""
+    n, k, h, w = logits.shape
+    c = (pts - (HEATMAP_STRIDE - 1) / 2) / HEATMAP_STRIDE
+    ys = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
+    g = torch.exp(-((xs - c[..., 0, None, None]) ** 2 + (ys - c[..., 1, None, None]) ** 2) / (2 * sigma**2))
+    g = g / g.flatten(2).sum(-1).clamp_min(1e-9)[..., None, None]
+    inside = (c[..., 0] >= 0) & (c[..., 0] < w) & (c[..., 1] >= 0) & (c[..., 1] < h)
+    m = mask & inside
+    ce = -(g.flatten(2) * logits.flatten(2).log_softmax(-1)).sum(-1)
+    return (ce * m).sum() / m.sum().clamp_min(1)
+
+
+def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, width: int = 16) -> LandmarkNet:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = LandmarkNet(width)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    bs = 8
+    steps = epochs * math.ceil(len(items) / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
+    x_all = torch.stack([it.net_in for it in items])
+    p_all = torch.tensor(np.stack([it.box.to_input(it.xy) for it in items]), dtype=torch.float32)
+    m_all = torch.tensor(np.stack([it.mask for it in items]))
+    for epoch in range(epochs):
+        net.train()
+        order = rng.permutation(len(items))
+        total = 0.0
+        t0 = time.time()
+        for b in range(0, len(order), bs):
+            idx = torch.from_numpy(order[b : b + bs])
+            x, pts = _augment(x_all[idx], p_all[idx], rng)
+            loss = _heatmap_loss(net(x), pts, m_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if epoch % 5 == 4 or epoch == epochs - 1:
+            log(f"landmarks epoch {epoch + 1}/{epochs} loss {total / len(items):.3f} ({time.time() - t0:.1f}s)")
+    return net.eval()
+
+
+def _grade_targets(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (item, level): vertebra class (-1 none), disc main class (-1 none), v5 (0/1, -1 none)."""
+    vert, disc, v5 = [], [], []
+    for it in items:
+        for level in LEVELS:
+            p = it.study.points.get(level)
+            labels = p.labels if p else []
+            if level_kind(level) == "vertebra":
+                vert.append({"v1": 0, "v2": 1}.get(labels[0], -1) if labels else -1)
+                disc.append(-1)
+                v5.append(-1)
+            else:
+                vert.append(-1)
+                main = [lab for lab in labels if lab in DISC_MAIN_LABELS]
+                disc.append(DISC_MAIN_LABELS.index(main[0]) if main else -1)
+                v5.append(int("v5" in labels) if labels else -1)
+    t = lambda v: torch.tensor(v).view(len(items), len(LEVELS))  # noqa: E731
+    present = torch.tensor(np.stack([it.mask for it in items]))
+    return t(vert), t(disc), t(v5), present
+
+
+def train_grader(items: list[Item], epochs: int, seed: int, log: Log) -> Grader:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = Grader()
+    vert, disc, v5, present = _grade_targets(items)
+    counts = torch.bincount(disc[disc >= 0], minlength=4).float()
+    disc_w = (counts.sum() / counts.clamp_min(1)) ** 0.5
+    disc_w = disc_w / disc_w.mean()
+    v5_pos = ((v5 == 1).sum() / (v5 >= 0).sum().clamp_min(1)).clamp_min(1e-3)
+    pos_weight = ((1 - v5_pos) / v5_pos) ** 0.5
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    per_epoch = math.ceil(len(items) / 6)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs * per_epoch, pct_start=0.2)
+    jitter = {"rng": rng, "deg": 10.0, "scale": 0.12, "shift": 0.12}
+    levels = torch.arange(len(LEVELS))
+    for epoch in range(epochs):
+        net.train()
+        order = rng.permutation(len(items))
+        total = 0.0
+        t0 = time.time()
+        for b in range(0, len(order), 6):  # 6 studies = 66 crops a step
+            idx = order[b : b + 6]
+            crops, lv, tv, td, t5 = [], [], [], [], []
+            for i in idx:
+                it = items[i]
+                xy = it.xy.copy()
+                if not it.mask.all():  # fill a missing point between its neighbours so geometry stays sane
+                    xy = _fill_missing(xy, it.mask)
+                c = level_crops(torch.from_numpy(it.img01)[None], xy, jitter)
+                g = torch.tensor(rng.uniform(0.75, 1.35), dtype=torch.float32)
+                crops.append((c.clamp(0, 1) ** g) * float(rng.uniform(0.85, 1.15)))
+                lv.append(levels)
+                tv.append(vert[i]); td.append(disc[i]); t5.append(v5[i])  # noqa: E702
+            logits = net(torch.cat(crops), torch.cat(lv))
+            tv, td, t5 = torch.cat(tv), torch.cat(td), torch.cat(t5)
+            loss = logits.new_zeros(())
+            if (tv >= 0).any():
+                loss = loss + F.cross_entropy(logits[tv >= 0][:, VERT], tv[tv >= 0], label_smoothing=0.05)
+            if (td >= 0).any():
+                loss = loss + F.cross_entropy(logits[td >= 0][:, DISC], td[td >= 0], weight=disc_w,
+                                              label_smoothing=0.05)
+            if (t5 >= 0).any():
+                loss = loss + F.binary_cross_entropy_with_logits(
+                    logits[t5 >= 0][:, V5], t5[t5 >= 0].float(), pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        if epoch % 3 == 2 or epoch == epochs - 1:
+            log(f"grader epoch {epoch + 1}/{epochs} loss {total / per_epoch:.3f} ({time.time() - t0:.1f}s)")
+    return net.eval()
+
+
+def _fill_missing(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    idx = np.arange(len(xy))
+    out = xy.copy()
+    for d in range(2):
+        out[:, d] = np.interp(idx, idx[mask], xy[mask, d])
+    return out
+
+
+def predict(analyzer: Analyzer, items: list[Item]) -> list[dict[str, Any]]:
+    """Out-of-fold raw outputs: xy, localisation, probabilities."""
+    out = []
+    for it in items:
+        xy, loc = analyzer.locate(it.img01)
+        probs = analyzer.grade(it.img01, xy)
+        out.append({"study_uid": it.study.study_uid, "xy": xy.tolist(), "loc": loc.tolist(),
+                    "probs": probs.tolist()})
+    return out
+
+
+def results_for(items: list[Item], preds: list[dict], decision: Decision) -> list[StudyResult]:
+    res = []
+    for it, p in zip(items, preds):
+        levels = []
+        for i, level in enumerate(LEVELS):
+            labels, conf = decision.labels(level, np.asarray(p["probs"][i]))
+            levels.append({"level": level, "x": p["xy"][i][0], "y": p["xy"][i][1], "labels": labels,
+                           "confidence": conf})
+        res.append(StudyResult(it.study, it.spacing, levels))
+    return res
+
+
+def tune_decision(items: list[Item], preds: list[dict], rounds: int = 3) -> Decision:
+    """Coordinate ascent on macro-F1 over the bias grid (biases are log-prior shifts)."""
+    d = Decision()
+    grid = np.round(np.arange(-1.5, 1.51, 0.25), 2)
+    best = evaluate(results_for(items, preds, d))["tianchi_macro_f1"]
+    for _ in range(rounds):
+        improved = False
+        for attr, n in (("vertebra_bias", 2), ("disc_bias", 4)):
+            for j in range(1, n):  # class 0 is the reference
+                for v in grid:
+                    cand = Decision(list(d.vertebra_bias), list(d.disc_bias), d.v5_threshold)
+                    getattr(cand, attr)[j] = float(v)
+                    score = evaluate(results_for(items, preds, cand))["tianchi_macro_f1"]
+                    if score > best + 1e-9:
+                        best, d, improved = score, cand, True
+        for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+            cand = Decision(list(d.vertebra_bias), list(d.disc_bias), t)
+            score = evaluate(results_for(items, preds, cand))["tianchi_macro_f1"]
+            if score > best + 1e-9:
+                best, d, improved = score, cand, True
+        if not improved:
+            break
+    return d
+
+
+def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(order[i::k]) for i in range(k)]
+
+
+def fit(items: list[Item], lm_epochs: int, gr_epochs: int, seed: int, log: Log) -> Analyzer:
+    lm = train_landmarks(items, lm_epochs, seed, log)
+    gr = train_grader(items, gr_epochs, seed, log)
+    return Analyzer(lm, gr, Decision(), {"width": 16, "input_size": INPUT_SIZE}, torch.device("cpu"))
+
+
+def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_epochs: int = 15,
+        seed: int = 0, final: bool = True, log: Log = print) -> dict[str, Any]:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    items = prepare(load_dataset(data_dir))
+    log(f"{len(items)} studies loaded")
+    report: dict[str, Any] = {"folds": folds, "landmark_epochs": lm_epochs, "grader_epochs": gr_epochs,
+                              "seed": seed, "per_fold": []}
+    oof: list[dict | None] = [None] * len(items)
+    splits = folds_of(len(items), folds, seed) if folds > 1 else []
+    for k, val in enumerate(splits):
+        t0 = time.time()
+        train = [items[i] for i in range(len(items)) if i not in set(val)]
+        model = fit(train, lm_epochs, gr_epochs, seed + k, log)
+        preds = predict(model, [items[i] for i in val])
+        for i, p in zip(val, preds):
+            oof[i] = p
+        log(f"fold {k + 1}/{folds} trained in {time.time() - t0:.0f}s")
+        (out_dir / "oof.json").write_text(json.dumps([o for o in oof if o is not None]))
+    if splits:
+        per_fold = []
+        for k, val in enumerate(splits):
+            others = [i for i in range(len(items)) if i not in set(val)]
+            dec = tune_decision([items[i] for i in others], [oof[i] for i in others])
+            m = evaluate(results_for([items[i] for i in val], [oof[i] for i in val], dec))
+            m["decision"] = dec.to_dict()
+            per_fold.append(m)
+            log(f"fold {k + 1}: macro-F1 {m['tianchi_macro_f1']} within 6 mm {m['within_6mm']}")
+        report["per_fold"] = per_fold
+        keys = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
+                "mean_error_mm", "all_levels_hit"]
+        report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in keys}
+        report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
+        final_decision = tune_decision(items, oof)
+        report["decision"] = final_decision.to_dict()
+        report["cv_pooled_tuned_in_sample"] = evaluate(results_for(items, oof, final_decision))
+    else:
+        final_decision = Decision()
+    if final:
+        t0 = time.time()
+        model = fit(items, lm_epochs, gr_epochs, seed + 100, log)
+        model.decision = final_decision
+        report["final_fit_seconds"] = round(time.time() - t0)
+        model.meta["version"] = time.strftime("%Y%m%d")
+        model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items)})
+    report["total_seconds"] = round(time.time() - t_start)
+    report["torch_threads"] = torch.get_num_threads()
+    (out_dir / "cv.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
