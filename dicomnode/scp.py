@@ -208,6 +208,7 @@ class StoreSCP:
             "series_uid": series_uid, "transfer_syntax": str(UID(event.context.transfer_syntax)),
             "path": str(path.relative_to(self.store.root)), "size": len(data), "received_at": time.time(),
             "association_id": stats.row_id if stats else None,
+            "calling_ae": str(event.assoc.requestor.ae_title).strip(),
         }
         try:
             conn = self._conns.get_nowait() if not self._conns.empty() else db.connect_raw(self.engine)

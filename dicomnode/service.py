@@ -38,6 +38,10 @@ class Node:
         fixed = reconcile(self.store, self.engine)
         if any(fixed.values()):
             log.warning("store reconciled", **fixed)
+        from dicomnode.scheduler import Scheduler  # late: it loads the models
+
+        self.scheduler = Scheduler(self.cfg, self.engine, self.store)
+        self.scheduler.start()
         self.scp.start()
         if self.cfg.node.metrics_port:
             from dicomnode.httpd import serve_metrics

@@ -81,6 +81,8 @@ jobs = Table(
     Column("selection", Text),  # JSON: the series/slice decision and why
     Column("result", Text),  # JSON: levels
     Column("model_version", String(64)),
+    Column("input_instances", Integer),  # the study's instance count when the job took its input
+    Column("not_before", Float),  # a send retry waits until then
     Index("ix_jobs_state", "state"),
     Index("ix_jobs_study", "study_uid"),
 )
@@ -155,9 +157,9 @@ _UPSERT_INSTANCE = (
     "transfer_syntax=excluded.transfer_syntax"
 )
 _UPSERT_STUDY = (
-    "INSERT INTO studies (study_uid, first_received, last_received, instances) VALUES (?, ?, ?, 1) "
+    "INSERT INTO studies (study_uid, first_received, last_received, instances, calling_ae) VALUES (?, ?, ?, 1, ?) "
     "ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received, instances=instances+1, "
-    "purged_at=NULL"
+    "purged_at=NULL, calling_ae=coalesce(excluded.calling_ae, calling_ae)"
 )
 
 
@@ -168,7 +170,8 @@ def record_instance(dbapi_conn: Any, row: dict[str, Any]) -> None:
     instance, forty times the INSERTs themselves."""
     with dbapi_conn:  # one transaction, committed on exit
         dbapi_conn.execute(_UPSERT_INSTANCE, tuple(row[c] for c in _INSTANCE_COLS))
-        dbapi_conn.execute(_UPSERT_STUDY, (row["study_uid"], row["received_at"], row["received_at"]))
+        dbapi_conn.execute(_UPSERT_STUDY, (row["study_uid"], row["received_at"], row["received_at"],
+                                           row.get("calling_ae")))
 
 
 def add_job_event(conn: Any, job_id: int, state: JobState | str, detail: Any = None) -> None:

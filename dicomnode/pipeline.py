@@ -1,0 +1,122 @@
+"""One study in, results out: selection → landmarks → grading → SR + GSPS (+ PNG). Shared by the service's jobs
+and `dicomnode analyze`, so both run exactly the same code."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from ai.data import pixel_spacing
+from ai.infer import Analyzer, LevelResult
+from dicomnode.config import OutputConfig
+from dicomnode.report.common import OutputIds
+from dicomnode.report.gsps import build_gsps
+from dicomnode.report.preview import write_png
+from dicomnode.report.sr import build_sr
+from dicomnode.selection import Selection, select
+
+MAX_PIXELS = 4096 * 4096
+
+
+class NoInput(Exception):
+    """The study holds nothing we can analyse; the message says why."""
+
+
+class AnalysisError(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Analysis:
+    source: Dataset
+    pixels: np.ndarray
+    levels: list[LevelResult]
+    selection: Selection
+    model_version: str
+    slice_scores: dict[str, float] = field(default_factory=dict)
+
+    def decision(self) -> dict[str, Any]:
+        d = self.selection.to_dict()
+        d["chosen_slice"] = str(self.source.SOPInstanceUID)
+        d["slice_scores"] = self.slice_scores
+        return d
+
+    def to_json(self) -> dict[str, Any]:
+        return {"study_uid": str(self.source.StudyInstanceUID), "series_uid": str(self.source.SeriesInstanceUID),
+                "sop_instance_uid": str(self.source.SOPInstanceUID), "model_version": self.model_version,
+                "levels": [lv.to_dict() for lv in self.levels], "selection": self.decision()}
+
+
+@functools.lru_cache(maxsize=4)
+def get_analyzer(model: str = "default", device: str = "auto") -> Analyzer:
+    """Models load once per process (per worker), never per job."""
+    return Analyzer.load(model, device)
+
+
+def load_pixels(ds: Dataset) -> np.ndarray:
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows * cols > MAX_PIXELS:
+        raise AnalysisError("too_large", f"slice of {rows}x{cols} pixels exceeds the {MAX_PIXELS} pixel limit")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - missing or undecodable pixel data
+        raise AnalysisError("unreadable_pixels", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"[:300])
+    if pixels.ndim != 2:
+        raise AnalysisError("not_2d", f"expected one grey-scale frame, got shape {pixels.shape}")
+    return pixels.astype(np.float32)
+
+
+def analyse(paths: list[Path], analyzer: Analyzer) -> Analysis:
+    """Runs the model on the middle candidate slices and keeps the one it localises most confidently."""
+    selection = select(paths)
+    if selection.series is None:
+        raise NoInput(selection.reason)
+    best: Analysis | None = None
+    scores: dict[str, float] = {}
+    errors: list[AnalysisError] = []
+    for h in selection.candidates:
+        ds = pydicom.dcmread(h.path)
+        try:
+            pixels = load_pixels(ds)
+        except AnalysisError as exc:
+            errors.append(exc)
+            continue
+        levels = analyzer.analyze(pixels, pixel_spacing(ds))
+        score = float(np.mean([lv.localisation for lv in levels]))
+        scores[str(ds.SOPInstanceUID)] = round(score, 4)
+        if best is None or score > float(np.mean([lv.localisation for lv in best.levels])):
+            best = Analysis(ds, pixels, levels, selection, analyzer.version)
+    if best is None:
+        raise errors[0] if errors else AnalysisError("no_slice", "no candidate slice could be read")
+    best.slice_scores = scores
+    return best
+
+
+def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: OutputConfig, png: bool = False) -> list[Path]:
+    """SR and GSPS (as configured) and an optional preview PNG; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = OutputIds(str(analysis.source.StudyInstanceUID), revision)
+    written = []
+    if output.sr:
+        sr = build_sr(analysis.source, analysis.levels, analysis.model_version, ids)
+        written.append(_save(sr, out_dir / "sr.dcm"))
+    if output.gsps:
+        pr = build_gsps(analysis.source, analysis.levels, analysis.model_version, ids, output.show_normal_levels)
+        written.append(_save(pr, out_dir / "gsps.dcm"))
+    if png:
+        written.append(write_png(out_dir / "preview.png", analysis.pixels, analysis.levels))
+    return written
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path

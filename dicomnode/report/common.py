@@ -1,0 +1,56 @@
+"""What every output shares: identity of the software, UIDs that a re-run reproduces, series numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from dicomnode import __version__
+from dicomnode.report.codes import PROCESSING_EQUIPMENT
+
+MANUFACTURER = "dicomnode project"
+MODEL_NAME = "dicomnode lumbar spine"
+ALGORITHM_NAME = "dicomnode-spine"
+
+# Stable series numbers per output kind, so viewers sort them the same way every time.
+SERIES = {"sr": (9901, "AI spine report (SR)"), "gsps": (9902, "AI spine marks (GSPS)"),
+          "sc": (9903, "AI spine marks (burned in)")}
+
+
+@dataclass
+class OutputIds:
+    """UIDs derived from (study, kind, revision): a job re-run after a crash writes the same objects again, so
+    the PACS keeps one copy; a new revision gets new instances in the same series."""
+
+    study_uid: str
+    revision: int
+
+    def series(self, kind: str) -> str:
+        return generate_uid(entropy_srcs=[self.study_uid, kind, "series"])
+
+    def instance(self, kind: str) -> str:
+        return generate_uid(entropy_srcs=[self.study_uid, kind, str(self.revision), "instance"])
+
+
+def contributing_equipment(model_version: str) -> list[hd.ContributingEquipment]:
+    return [hd.ContributingEquipment(
+        manufacturer=MANUFACTURER, purpose_of_reference=PROCESSING_EQUIPMENT, manufacturer_model_name=MODEL_NAME,
+        software_versions=[__version__, f"model {model_version}"],
+        contribution_description="Automated lumbar spine grading; not verified by a physician")]
+
+
+def carry_patient_context(out: Dataset, source: Dataset) -> None:
+    """Character set from the source, so GB18030 / UTF-8 names survive; body part for the GSPS series."""
+    if "SpecificCharacterSet" in source:
+        out.SpecificCharacterSet = source.SpecificCharacterSet
+    if "BodyPartExamined" in source and "BodyPartExamined" not in out:
+        out.BodyPartExamined = source.BodyPartExamined
+
+
+def caret_name(value: Any) -> str:
+    text = str(value)
+    return text if "^" in text else text + "^"

@@ -1,0 +1,85 @@
+"""Grayscale Softcopy Presentation State: abnormal discs outlined with a label, normal levels small."""
+
+from __future__ import annotations
+
+import numpy as np
+from highdicom.color import CIELabColor
+from highdicom.pr import (
+    AnnotationUnitsValues, GraphicAnnotation, GraphicLayer, GraphicObject, GraphicTypeValues,
+    GrayscaleSoftcopyPresentationState, TextObject,
+)
+from pydicom.dataset import Dataset
+
+from ai.infer import LevelResult
+from ai.labels import LABEL_TEXT, is_abnormal
+from ai.imaging import spine_geometry
+from dicomnode.report.common import (
+    MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, caret_name, contributing_equipment,
+)
+from dicomnode import __version__
+
+ABNORMAL_COLOUR = CIELabColor(55.0, 75.0, 60.0)  # red-orange
+NORMAL_COLOUR = CIELabColor(85.0, -60.0, 60.0)  # green
+
+
+def outline(levels: list[LevelResult]) -> dict[str, np.ndarray]:
+    """Per level an ellipse (4 points: major axis ends, minor axis ends) sized from the neighbouring levels
+    and turned along the spine: discs wide and flat, vertebrae taller."""
+    xy = np.array([[lv.x, lv.y] for lv in levels], float)
+    axis, spacing = spine_geometry(xy.astype(np.float32))
+    out = {}
+    for i, lv in enumerate(levels):
+        down = axis[i]
+        across = np.array([-down[1], down[0]])
+        half_w = spacing[i] * (1.6 if lv.kind == "disc" else 1.4)
+        half_h = spacing[i] * (0.45 if lv.kind == "disc" else 0.8)
+        c = xy[i]
+        out[lv.level] = np.array([c - across * half_w, c + across * half_w, c - down * half_h, c + down * half_h])
+    return out
+
+
+def label_text(lv: LevelResult) -> str:
+    return f"{lv.level} " + ", ".join(LABEL_TEXT.get((lv.kind, lab), lab) for lab in lv.labels)
+
+
+def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds,
+               show_normal: bool = True) -> Dataset:
+    rows, cols = int(source.Rows), int(source.Columns)
+    clip = lambda p: np.clip(p, [0, 0], [cols - 1, rows - 1])  # noqa: E731
+    shapes = outline(levels)
+    abnormal_layer = GraphicLayer("ABNORMAL", 1, "Abnormal discs (AI)", ABNORMAL_COLOUR)
+    normal_layer = GraphicLayer("LEVELS", 2, "Other levels (AI)", NORMAL_COLOUR)
+    abnormal_objs, abnormal_text, normal_objs = [], [], []
+    for lv in levels:
+        if lv.kind == "disc" and is_abnormal(lv.kind, lv.labels):  # vertebral degeneration is too common to outline
+            abnormal_objs.append(GraphicObject(GraphicTypeValues.ELLIPSE, clip(shapes[lv.level]).astype(np.float32),
+                                               AnnotationUnitsValues.PIXEL))
+            end = shapes[lv.level][1]  # label just beyond one end of the ellipse
+            anchor = clip(end + (end - np.array([lv.x, lv.y])) * 0.3)
+            abnormal_text.append(TextObject(label_text(lv), AnnotationUnitsValues.PIXEL,
+                                            anchor_point=(float(anchor[0]), float(anchor[1])),
+                                            anchor_point_visible=False))
+        elif show_normal:
+            normal_objs.append(GraphicObject(GraphicTypeValues.POINT,
+                                             clip(np.array([[lv.x, lv.y]])).astype(np.float32),
+                                             AnnotationUnitsValues.PIXEL))
+    annotations, layers = [], []
+    if abnormal_objs:
+        layers.append(abnormal_layer)
+        annotations.append(GraphicAnnotation([source], abnormal_layer, graphic_objects=abnormal_objs,
+                                             text_objects=abnormal_text))
+    if normal_objs:
+        layers.append(normal_layer)
+        annotations.append(GraphicAnnotation([source], normal_layer, graphic_objects=normal_objs))
+    number, description = SERIES["gsps"]
+    n_abn = len(abnormal_objs)
+    pr = GrayscaleSoftcopyPresentationState(
+        referenced_images=[source], series_instance_uid=ids.series("gsps"), series_number=number,
+        sop_instance_uid=ids.instance("gsps"), instance_number=ids.revision, manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME, software_versions=__version__, device_serial_number="0",
+        content_label="AI_SPINE", content_description=f"AI: {n_abn} abnormal disc(s); not physician-verified",
+        graphic_annotations=annotations or None, graphic_layers=layers or None,
+        content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version))
+    pr.SeriesDescription = description
+    carry_patient_context(pr, source)
+    return pr

@@ -1,0 +1,39 @@
+"""A preview PNG of the analysed slice with the marks drawn in, for the README, e-mails and viewers that show
+neither GSPS nor SR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ai.imaging import normalise
+from ai.infer import LevelResult
+from ai.labels import is_abnormal
+from dicomnode.report.gsps import label_text, outline
+
+
+def render(pixels: np.ndarray, levels: list[LevelResult]) -> Image.Image:
+    img = Image.fromarray((normalise(pixels) * 255).astype(np.uint8)).convert("RGB")
+    scale = max(1, 768 // max(img.size))
+    img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    shapes = outline(levels)
+    for lv in levels:
+        x, y = lv.x * scale, lv.y * scale
+        if lv.kind == "disc" and is_abnormal(lv.kind, lv.labels):
+            pts = shapes[lv.level] * scale
+            rx = np.linalg.norm(pts[1] - pts[0]) / 2
+            ry = np.linalg.norm(pts[3] - pts[2]) / 2
+            draw.ellipse([x - rx, y - ry, x + rx, y + ry], outline=(255, 80, 40), width=2)
+            draw.text((x + rx + 4, y - 6), label_text(lv), fill=(255, 120, 60))
+        else:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(60, 220, 90))
+            draw.text((x + 8, y - 6), lv.level, fill=(120, 230, 140))
+    return img
+
+
+def write_png(path: Path, pixels: np.ndarray, levels: list[LevelResult]) -> Path:
+    render(pixels, levels).save(path)
+    return path

@@ -1,0 +1,62 @@
+"""Comprehensive SR, TID 1500 Imaging Measurement Report: one Planar ROI group per level."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from highdicom.sr import (
+    AlgorithmIdentification, ComprehensiveSR, DeviceObserverIdentifyingAttributes, FindingSite, GraphicTypeValues,
+    ImageRegion, Measurement, MeasurementReport, ObservationContext, ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations, QualitativeEvaluation, SourceImageForRegion, TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from ai.infer import LevelResult
+from ai.labels import describe
+from dicomnode.report import codes as C
+from dicomnode.report.common import (
+    ALGORITHM_NAME, MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, contributing_equipment,
+)
+
+
+def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds) -> Dataset:
+    algorithm = AlgorithmIdentification(name=ALGORITHM_NAME, version=model_version, manufacturer=MANUFACTURER)
+    observer = ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=_device_uid(), name=ALGORITHM_NAME,
+            manufacturer_name=MANUFACTURER, model_name=MODEL_NAME))
+    groups = []
+    for lv in levels:
+        region = ImageRegion(graphic_type=GraphicTypeValues.POINT, graphic_data=np.array([[lv.x, lv.y]]),
+                             source_image=SourceImageForRegion.from_source_image(source))
+        evaluations = [QualitativeEvaluation(C.FINDING[(lv.kind, label)], C.PRESENT) for label in lv.labels]
+        measurements = [
+            Measurement(C.CONFIDENCE, round(float(lv.confidence), 4), C.UNITLESS, algorithm_id=algorithm),
+            Measurement(C.LOCALISATION, round(float(lv.localisation), 4), C.UNITLESS, algorithm_id=algorithm),
+        ]
+        groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=describe(lv.level, lv.labels)),
+            referenced_region=region, algorithm_id=algorithm,
+            finding_sites=[FindingSite(C.LEVEL_SITE[lv.level])],
+            measurements=measurements, qualitative_evaluations=evaluations))
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=C.PROCEDURE, imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport,
+        referenced_images=[source])
+    number, description = SERIES["sr"]
+    sr = ComprehensiveSR(
+        evidence=[source], content=report, series_instance_uid=ids.series("sr"), series_number=number,
+        sop_instance_uid=ids.instance("sr"), instance_number=ids.revision, manufacturer=MANUFACTURER,
+        is_complete=True, is_final=False, is_verified=False, contributing_equipment=contributing_equipment(model_version))
+    sr.SeriesDescription = description
+    sr.CodingSchemeIdentificationSequence = C.coding_scheme_identification()
+    carry_patient_context(sr, source)
+    return sr
+
+
+def _device_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[ALGORITHM_NAME, "device"])

@@ -1,0 +1,73 @@
+"""APScheduler drives the completion rule; worker threads run jobs off the SCP's threads."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicomnode import logs
+from dicomnode.config import Config
+from dicomnode.jobs import JobRunner
+from dicomnode.pipeline import get_analyzer
+from storage.filestore import FileStore
+
+log = logs.get("dicomnode.scheduler")
+
+
+class Scheduler:
+    def __init__(self, cfg: Config, engine: Any, store: FileStore) -> None:
+        self.cfg = cfg
+        self.runner = JobRunner(cfg, engine, store, lambda: get_analyzer(cfg.ai.model, cfg.ai.device))
+        self.aps = BackgroundScheduler(timezone="UTC")
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.workers: list[threading.Thread] = []
+        self.model_version: str | None = None
+
+    def start(self) -> None:
+        resumed = self.runner.resume()
+        if resumed:
+            log.info("jobs resumed", count=resumed)
+        try:  # load before work arrives; without a model the node still receives, and jobs say why they fail
+            analyzer = get_analyzer(self.cfg.ai.model, self.cfg.ai.device)
+            self.model_version = analyzer.version
+            log.info("model loaded", model_version=analyzer.version, device=str(analyzer.device))
+        except Exception as exc:  # noqa: BLE001
+            log.error("model not loaded", model=self.cfg.ai.model, error=f"{type(exc).__name__}: {exc}"[:300])
+        self.aps.add_job(self._tick, "interval", seconds=self.cfg.scheduler.poll_seconds, max_instances=1,
+                         coalesce=True, id="completion")
+        self.aps.start()
+        for i in range(self.cfg.scheduler.workers):
+            t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+            t.start()
+            self.workers.append(t)
+
+    def _tick(self) -> None:
+        try:
+            self.runner.tick()
+        except Exception as exc:  # noqa: BLE001 - e.g. the database locked by another process for a while
+            log.warning("completion check failed", error=type(exc).__name__)
+            return
+        self.wake.set()
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                claimed = self.runner.claim()
+                if claimed is None:
+                    self.wake.wait(self.cfg.scheduler.poll_seconds)
+                    self.wake.clear()
+                    continue
+                self.runner.work(*claimed)
+            except Exception as exc:  # noqa: BLE001 - a worker never dies; the job keeps its state and resumes
+                log.error("worker error", error=type(exc).__name__, detail=str(exc)[:200])
+                self.stopping.wait(self.cfg.scheduler.poll_seconds)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.aps.shutdown(wait=False)
+        for t in self.workers:
+            t.join(timeout=60)

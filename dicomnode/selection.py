@@ -1,0 +1,209 @@
+"""Series and slice selection: which series is the sagittal T2, and which slices of it to analyse.
+
+Every decision carries its reason, because a radiologist asking "why no result?" deserves an answer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.uid import MRImageStorage
+
+HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ImageType",
+    "SeriesDescription", "ProtocolName", "SequenceName", "ImageOrientationPatient", "ImagePositionPatient",
+    "EchoTime", "RepetitionTime", "InversionTime", "ScanningSequence", "InstanceNumber", "ImagesInAcquisition",
+    "Rows", "Columns", "NumberOfFrames", "SeriesNumber", "SpecificCharacterSet",
+]
+
+_LOCALIZER = re.compile(r"LOC|SCOUT|SURVEY|PILOT|3[- ]?PLANE|TRI[- ]?PLANE|定位", re.I)
+_T2 = re.compile(r"T2(?!\*)|T2W|TSE.?T2|加权.?T2|T2.?加权", re.I)
+_T1 = re.compile(r"T1", re.I)
+_STIR = re.compile(r"STIR|TIRM|\bIR\b|反转恢复", re.I)
+_FS = re.compile(r"\bFS\b|_FS|FS_|FAT.?SAT|FATSAT|SPAIR|SPIR|\bFS\d|DIXON.?W|压脂|抑脂|脂肪抑制|-FS|FS-", re.I)
+# ensure "FSE"/"TSE" (fast spin echo) do not count as fat suppression
+_NOT_FS = re.compile(r"FSE|TSE", re.I)
+
+
+@dataclass
+class Header:
+    path: Path
+    ds: pydicom.Dataset
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.ds.get(name, default)
+
+
+@dataclass
+class SeriesInfo:
+    series_uid: str
+    description: str
+    headers: list[Header]
+    plane: str = "unknown"
+    weighting: str = "unknown"
+    fat_suppressed: bool = False
+    excluded: str | None = None
+    normal: np.ndarray | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"series_uid": self.series_uid, "description": self.description, "instances": len(self.headers),
+                "plane": self.plane, "weighting": self.weighting, "fat_suppressed": self.fat_suppressed,
+                "excluded": self.excluded}
+
+
+@dataclass
+class Selection:
+    series: SeriesInfo | None
+    ordered: list[Header] = field(default_factory=list)  # by position along the slice normal
+    candidates: list[Header] = field(default_factory=list)  # middle slices, best first guess first
+    reason: str = ""
+    considered: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "series_uid": self.series.series_uid if self.series else None,
+            "series_description": self.series.description if self.series else None,
+            "slices": len(self.ordered), "complete": self.complete,
+            "candidates": [str(h.ds.SOPInstanceUID) for h in self.candidates],
+            "reason": self.reason, "considered": self.considered,
+        }
+
+
+def read_headers(paths: list[Path]) -> tuple[list[Header], list[str]]:
+    headers, problems = [], []
+    for p in paths:
+        try:
+            headers.append(Header(p, pydicom.dcmread(p, stop_before_pixels=True, specific_tags=HEADER_TAGS)))
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not sink the study
+            problems.append(f"{p.name}: {type(exc).__name__}")
+    return headers, problems
+
+
+def plane_of(iop: Any) -> tuple[str, np.ndarray | None]:
+    try:
+        v = np.asarray([float(x) for x in iop], float)
+        if v.shape != (6,):
+            return "unknown", None
+    except (TypeError, ValueError):
+        return "unknown", None
+    n = np.cross(v[:3], v[3:])
+    norm = np.linalg.norm(n)
+    if norm < 1e-6:
+        return "unknown", None
+    n = n / norm
+    axis = int(np.argmax(np.abs(n)))
+    if abs(n[axis]) < 0.7:
+        return "oblique", n
+    return ("sagittal", "coronal", "axial")[axis], n
+
+
+def weighting_of(description: str, h: Header) -> tuple[str, bool]:
+    d = description or ""
+    fs = bool(_FS.search(_NOT_FS.sub(" ", d)))
+    if _STIR.search(d):
+        return "STIR", True
+    if _T2.search(d):
+        return "T2", fs
+    if _T1.search(d):
+        return "T1", fs
+    try:
+        te = float(h.get("EchoTime") or 0)
+        tr = float(h.get("RepetitionTime") or 0)
+        ti = float(h.get("InversionTime") or 0)
+    except (TypeError, ValueError):
+        return "unknown", fs
+    if 100 <= ti <= 250:
+        return "STIR", True
+    if te >= 60 and tr >= 1500:
+        return "T2", fs
+    if 0 < te < 30 and 0 < tr < 1000:
+        return "T1", fs
+    return "unknown", fs
+
+
+def describe_series(uid: str, headers: list[Header]) -> SeriesInfo:
+    first = headers[0]
+    desc = str(first.get("SeriesDescription") or first.get("ProtocolName") or "")
+    info = SeriesInfo(uid, desc, headers)
+    image_types = {str(x).upper() for h in headers for x in (h.get("ImageType") or [])}
+    classes = {str(h.get("SOPClassUID", "")) for h in headers}
+    planes = {plane_of(h.get("ImageOrientationPatient"))[0] for h in headers}
+    info.plane, info.normal = plane_of(first.get("ImageOrientationPatient"))
+    if len(planes) > 1:
+        info.plane = "mixed"
+    info.weighting, info.fat_suppressed = weighting_of(desc, first)
+    if classes != {MRImageStorage}:
+        names = ", ".join(sorted(pydicom.uid.UID(c).name for c in classes))
+        info.excluded = f"not single-frame MR images ({names})"
+    elif any(int(h.get("NumberOfFrames") or 1) > 1 for h in headers):
+        info.excluded = "multi-frame images"
+    elif "LOCALIZER" in image_types or _LOCALIZER.search(desc):
+        info.excluded = "localiser"
+    elif "DERIVED" in image_types or "SECONDARY" in image_types:
+        info.excluded = "derived or secondary images"
+    elif info.plane == "mixed":
+        info.excluded = "mixed orientations"
+    elif info.plane != "sagittal":
+        info.excluded = f"{info.plane} plane"
+    elif info.weighting != "T2":
+        info.excluded = f"{info.weighting} weighting"
+    return info
+
+
+def order_stack(info: SeriesInfo) -> list[Header]:
+    """Slices by position along the normal (not by InstanceNumber, which some scanners run backwards)."""
+    assert info.normal is not None
+
+    def pos(h: Header) -> float:
+        try:
+            return float(np.dot([float(x) for x in h.get("ImagePositionPatient")], info.normal))
+        except (TypeError, ValueError):
+            return float(h.get("InstanceNumber") or 0)
+
+    return sorted(info.headers, key=pos)
+
+
+def stack_complete(info: SeriesInfo, ordered: list[Header]) -> bool:
+    """Contiguous even spacing, and the count announced by ImagesInAcquisition when the scanner gives it."""
+    if len(ordered) < 3 or info.normal is None:
+        return False
+    try:
+        pos = np.array([np.dot([float(x) for x in h.get("ImagePositionPatient")], info.normal) for h in ordered])
+    except (TypeError, ValueError):
+        return False
+    gaps = np.diff(pos)
+    if np.any(gaps <= 1e-3) or gaps.max() > 1.5 * gaps.min():
+        return False
+    announced = ordered[0].get("ImagesInAcquisition")
+    return announced is None or len(ordered) >= int(announced)
+
+
+def select(paths: list[Path], n_candidates: int = 3) -> Selection:
+    headers, problems = read_headers(paths)
+    by_series: dict[str, list[Header]] = {}
+    for h in headers:
+        by_series.setdefault(str(h.get("SeriesInstanceUID", "")), []).append(h)
+    infos = [describe_series(uid, hs) for uid, hs in by_series.items()]
+    considered = [i.summary() for i in infos]
+    usable = [i for i in infos if i.excluded is None]
+    if not usable:
+        why = "; ".join(f"{i.description or i.series_uid[-12:]}: {i.excluded}" for i in infos) or "no images"
+        if problems:
+            why += f"; unreadable: {len(problems)}"
+        return Selection(None, reason=f"no sagittal T2 series ({why})", considered=considered)
+    usable.sort(key=lambda i: (i.fat_suppressed, -len(i.headers)))
+    best = usable[0]
+    ordered = order_stack(best)
+    mid = (len(ordered) - 1) // 2
+    offsets = [0, 1, -1, 2, -2][:n_candidates]
+    cands = [ordered[mid + o] for o in offsets if 0 <= mid + o < len(ordered)]
+    why = (f"sagittal T2 '{best.description}' ({len(ordered)} slices"
+           f"{', fat-suppressed' if best.fat_suppressed else ''}); middle slice {mid + 1} of {len(ordered)}")
+    if len(usable) > 1:
+        why += f"; preferred over {len(usable) - 1} other sagittal T2 series (non-fat-suppressed, then more slices)"
+    return Selection(best, ordered, cands, why, considered, stack_complete(best, ordered))

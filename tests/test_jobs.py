@@ -1,0 +1,205 @@
+"""Job lifecycle, in process, with a fake analyser (the end-to-end test uses the real models)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicomgen import SeriesSpec, write_series
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from ai.infer import LevelResult
+from ai.labels import LEVELS, level_kind
+from dicomnode.config import Config, SchedulerConfig
+from dicomnode.jobs import JobRunner, reprocess_study, retry_job
+from storage import db
+from storage.filestore import FileStore
+from storage.states import JobState
+
+
+class FakeAnalyzer:
+    version = "fake-1"
+    calls = 0
+
+    def analyze(self, pixels, spacing):
+        FakeAnalyzer.calls += 1
+        rows, cols = pixels.shape
+        return [LevelResult(lv, level_kind(lv), cols / 2, rows * (0.1 + 0.07 * i), ["v3"] if lv == "L4-L5" else ["v1"],
+                            0.9, 0.95) for i, lv in enumerate(LEVELS)]
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    cfg = Config()
+    cfg.node.data_dir = str(tmp_path / "var")
+    cfg.scheduler = SchedulerConfig(study_quiet_seconds=60, series_quiet_seconds=10, max_wait_seconds=600)
+    engine = db.open_db(cfg.data_path / "dicomnode.db")
+    store = FileStore(cfg.data_path, fsync=False)
+    runner = JobRunner(cfg, engine, store, lambda: FakeAnalyzer())
+    return cfg, engine, store, runner
+
+
+def ingest(engine, store: FileStore, files: list[Path], at: float) -> None:
+    """What the SCP does for each instance, with a chosen arrival time."""
+    conn = db.connect_raw(engine)
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        dest = store.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        store.write(dest, f.read_bytes())
+        db.record_instance(conn, {"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                                  "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
+                                  "transfer_syntax": "1.2.840.10008.1.2.1", "path": str(dest.relative_to(store.root)),
+                                  "size": dest.stat().st_size, "received_at": at, "association_id": None,
+                                  "calling_ae": "PACS"})
+    conn.close()
+
+
+def jobs(engine) -> list:
+    with engine.connect() as conn:
+        return conn.execute(select(db.jobs).order_by(db.jobs.c.id)).all()
+
+
+def events(engine, job_id: int) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [(r.state, r.detail) for r in conn.execute(
+            select(db.job_events).where(db.job_events.c.job_id == job_id).order_by(db.job_events.c.id))]
+
+
+def drain(runner: JobRunner) -> None:
+    while (claimed := runner.claim()) is not None:
+        runner.work(*claimed)
+
+
+def test_quiet_study_runs_once_to_done_with_outputs_and_events(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    t0 = time.time() - 1000
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), generate_uid()), t0)
+    runner.tick(now=t0 + 1)
+    assert [j.state for j in jobs(engine)] == ["waiting"]
+    runner.tick(now=t0 + 5)  # neither quiet long enough nor complete (series quiet 10 s)
+    assert jobs(engine)[0].state == "waiting"
+    runner.tick(now=t0 + 61)
+    assert jobs(engine)[0].state == "queued"
+    drain(runner)
+    job = jobs(engine)[0]
+    assert job.state == "done" and job.model_version == "fake-1"
+    assert json.loads(job.selection)["series_description"] == "T2 SAG"
+    assert (store.root / "results" / str(job.id) / "sr.dcm").exists()
+    assert (store.root / "results" / str(job.id) / "gsps.dcm").exists()
+    states = [s for s, _ in events(engine, job.id)]
+    assert states == ["waiting", "queued", "running", "running", "done"]
+    drain(runner)
+    assert len(jobs(engine)) == 1  # nothing runs twice
+
+
+def test_complete_sagittal_t2_starts_early(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    t0 = time.time() - 1000
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), generate_uid()), t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 11)  # series quiet, stack contiguous with the announced count
+    job = jobs(engine)[0]
+    assert job.state == "queued"
+    assert "series complete" in events(engine, job.id)[-1][1]
+
+
+def test_incomplete_stack_waits_for_study_quiet_or_max_wait(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    t0 = time.time() - 1000
+    files = write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=6), generate_uid())
+    ingest(engine, store, files[:3] + files[4:], t0)  # a hole
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 30)
+    assert jobs(engine)[0].state == "waiting"
+    runner.tick(now=t0 + 61)
+    assert jobs(engine)[0].state == "queued"
+
+
+def test_no_sagittal_t2_ends_no_input_with_reason(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    t0 = time.time() - 1000
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 TRA", plane="ax"), generate_uid()), t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+    drain(runner)
+    job = jobs(engine)[0]
+    assert job.state == "no_input" and job.reason_code == "no_input" and "axial plane" in job.reason
+
+
+def test_missing_pixel_data_fails_with_a_clear_reason(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    t0 = time.time() - 1000
+    files = write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid())
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.PixelData
+        ds.save_as(f)
+    ingest(engine, store, files, t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+    drain(runner)
+    job = jobs(engine)[0]
+    assert job.state == "failed" and job.reason_code == "unreadable_pixels"
+    ok, msg = retry_job(cfg, job.id)
+    assert ok and jobs(engine)[0].state == "queued"
+    assert retry_job(cfg, job.id)[0] is False  # only failed/no_input jobs
+
+
+def test_new_instances_make_a_revision_only_when_the_selection_changes(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    study = generate_uid()
+    t0 = time.time() - 5000
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), study), t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+    drain(runner)
+    # an axial series arrives later: the selected series is unchanged
+    ingest(engine, store, write_series(tmp_path / "b", SeriesSpec("T2 TRA", plane="ax", series_number=2), study), t0 + 200)
+    runner.tick(now=t0 + 300)
+    assert len(jobs(engine)) == 1
+    assert "did not change" in events(engine, jobs(engine)[0].id)[-1][1]
+    # a better sagittal T2 (more slices) arrives: a new revision supersedes the first
+    ingest(engine, store, write_series(tmp_path / "c", SeriesSpec("T2 SAG 2", slices=9, series_number=3), study),
+           t0 + 400)
+    runner.tick(now=t0 + 500)
+    first, second = jobs(engine)
+    assert second.revision == 2 and second.state == "queued"
+    drain(runner)
+    first, second = jobs(engine)
+    assert second.state == "done" and first.state == "superseded"
+    assert json.loads(second.selection)["series_description"] == "T2 SAG 2"
+
+
+def test_restart_resumes_running_jobs(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    t0 = time.time() - 1000
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+    job_id, _ = runner.claim()
+    with engine.begin() as conn:  # the process died in the middle of the job
+        db.set_job_state(conn, job_id, JobState.RUNNING, "crash here")
+    fresh = JobRunner(cfg, engine, store, lambda: FakeAnalyzer())
+    assert fresh.resume() == 1
+    assert jobs(engine)[0].state == "queued"
+    drain(fresh)
+    assert jobs(engine)[0].state == "done"
+
+
+def test_reprocess_makes_a_new_revision(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    study = generate_uid()
+    t0 = time.time() - 1000
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), study), t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+    drain(runner)
+    ok, msg = reprocess_study(cfg, study)
+    assert ok and "revision 2" in msg
+    drain(runner)
+    assert [j.state for j in jobs(engine)] == ["superseded", "done"]
+    assert reprocess_study(cfg, "1.2.3.4")[0] is False
