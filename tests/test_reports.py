@@ -1,0 +1,123 @@
+"""SR and GSPS checked by independent tools: dciodvfy, dsrdump, PixelMed, dcmpschk, dcmp2pgm."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicomgen import SeriesSpec, make_instance
+from pydicom.uid import generate_uid
+
+from ai.infer import LevelResult
+from ai.labels import LEVELS, level_kind
+from dicomnode.report.common import OutputIds
+from dicomnode.report.gsps import build_gsps, outline
+from dicomnode.report.sr import build_sr
+
+pytestmark = pytest.mark.peers
+
+LABELS = {"L4-L5": ["v3", "v5"], "L5-S1": ["v2"], "L3": ["v2"]}
+
+
+def levels() -> list[LevelResult]:
+    return [LevelResult(lv, level_kind(lv), 120.0 + i, 30.0 + 18 * i, LABELS.get(lv, ["v1"]), 0.81, 0.93)
+            for i, lv in enumerate(LEVELS)]
+
+
+def source(tmp_path: Path, name: str = "Test^Patient", charset: str | None = None) -> tuple[pydicom.Dataset, Path]:
+    ds = make_instance(SeriesSpec(slices=1), generate_uid(), generate_uid(), 0, patient_name=name, charset=charset)
+    path = tmp_path / "src.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path), path
+
+
+def write(ds: pydicom.Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_sr_passes_dciodvfy_dsrdump_and_pixelmed(tmp_path: Path):
+    src, _ = source(tmp_path)
+    sr = write(build_sr(src, levels(), "test-1", OutputIds(src.StudyInstanceUID, 1)), tmp_path / "sr.dcm")
+    assert dciodvfy_errors(sr) == []
+    assert subprocess.run(["dsrdump", "-q", str(sr)], capture_output=True, timeout=60).returncode == 0
+    r = subprocess.run(["java", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0",
+                        "-Djdk.xml.xpathTotalOpLimit=0", "-cp", "/usr/share/java/pixelmed.jar",
+                        "com.pixelmed.validate.DicomSRValidator", str(sr)], capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert "Exception" not in out, out[-2000:]
+    assert [line for line in out.splitlines() if line.startswith("Error")] == []
+
+
+def test_sr_content_reads_back(tmp_path: Path):
+    import highdicom as hd
+
+    src, _ = source(tmp_path)
+    sr = hd.sr.srread(write(build_sr(src, levels(), "test-1", OutputIds(src.StudyInstanceUID, 1)), tmp_path / "sr.dcm"))
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert "dicomnode project" in [e.Manufacturer for e in sr.ContributingEquipmentSequence]
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99DCMNODE"
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 11
+    by_id = {g.tracking_identifier: g for g in groups}
+    g = by_id["L4-L5: protrusion, Schmorl's node"]
+    assert g.finding_sites[0].value.value == "84020006"  # SNOMED CT L4/L5 disc
+    meanings = {e.name.meaning for e in g.get_qualitative_evaluations()}
+    assert meanings == {"Disc protrusion", "Schmorl's nodes"}
+    assert np.allclose(g.roi.value, [[128.0, 174.0]])
+
+
+def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path):
+    src, src_path = source(tmp_path)
+    lv = levels()
+    pr = write(build_gsps(src, lv, "test-1", OutputIds(src.StudyInstanceUID, 1)), tmp_path / "pr.dcm")
+    assert dciodvfy_errors(pr) == []
+    r = subprocess.run(["dcmpschk", str(pr)], capture_output=True, text=True, timeout=60)
+    assert "Test passed" in r.stdout + r.stderr
+    r = subprocess.run(["dcmp2pgm", "-v", "-p", str(pr), str(src_path), "/dev/null"], capture_output=True, text=True,
+                       timeout=60)
+    dump = r.stdout + r.stderr
+    assert "ABNORMAL" in dump and "L4-L5 protrusion, Schmorl's node" in dump and "L5-S1 bulge" in dump
+    coords = [tuple(map(float, m)) for m in re.findall(r"(-?[\d.]+)\\(-?[\d.]+)", dump)]
+    shapes = outline(lv)
+    for level in ("L4-L5", "L5-S1"):  # each abnormal disc's ellipse points are drawn where the finding is
+        for x, y in shapes[level]:
+            assert any(abs(x - cx) < 0.01 and abs(y - cy) < 0.01 for cx, cy in coords), (level, x, y)
+    normal = [v for v in lv if v.level == "L1-L2"][0]
+    assert any(abs(normal.x - cx) < 0.01 and abs(normal.y - cy) < 0.01 for cx, cy in coords)
+
+
+@pytest.mark.parametrize("charset, name", [("GB18030", "张三^李四"), ("ISO_IR 192", "王^小明")])
+def test_chinese_patient_names_survive(tmp_path: Path, charset: str, name: str):
+    src, _ = source(tmp_path, name=name, charset=charset)
+    ids = OutputIds(src.StudyInstanceUID, 1)
+    for kind, ds in (("sr", build_sr(src, levels(), "t", ids)), ("pr", build_gsps(src, levels(), "t", ids))):
+        path = write(ds, tmp_path / f"{kind}.dcm")
+        back = pydicom.dcmread(path)
+        assert back.SpecificCharacterSet == charset
+        assert str(back.PatientName) == name
+        assert back.StudyInstanceUID == src.StudyInstanceUID
+        assert dciodvfy_errors(path) == []
+
+
+def test_outputs_share_the_study_with_stable_series_numbers(tmp_path: Path):
+    src, _ = source(tmp_path)
+    a = OutputIds(src.StudyInstanceUID, 1)
+    b = OutputIds(src.StudyInstanceUID, 2)
+    sr1, sr2 = build_sr(src, levels(), "t", a), build_sr(src, levels(), "t", b)
+    pr1 = build_gsps(src, levels(), "t", a)
+    assert sr1.StudyInstanceUID == pr1.StudyInstanceUID == src.StudyInstanceUID
+    assert (sr1.SeriesNumber, pr1.SeriesNumber) == (9901, 9902)
+    assert sr1.SeriesInstanceUID == sr2.SeriesInstanceUID != pr1.SeriesInstanceUID
+    assert sr1.SOPInstanceUID != sr2.SOPInstanceUID  # a new revision is a new instance
+    assert build_sr(src, levels(), "t", a).SOPInstanceUID == sr1.SOPInstanceUID  # a re-run is the same instance
