@@ -60,6 +60,10 @@ def store(files: list[Path], ae_title: str, host: str, port: int, calling_ae: st
         ae.add_requested_context(cls_uid, ts)
     try:
         assoc = ae.associate(host, port, ae_title=ae_title)
+        if not assoc.is_established and not assoc.is_rejected:
+            # A peer that closes its socket right after an A-ASSOCIATE-RJ sometimes reads as an abort here;
+            # one immediate second try tells a refusing peer from one that is down.
+            assoc = ae.associate(host, port, ae_title=ae_title)
     except (OSError, socket.error) as exc:
         return [SendResult(str(d.SOPInstanceUID), False, TRANSIENT, f"connect: {exc}") for d in datasets]
     if not assoc.is_established:

@@ -104,7 +104,9 @@ class NodeProcess:
 class Orthanc:
     """Orthanc as the hospital PACS, with the node as a modality."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None,
+                 check_called_aet: bool = False) -> None:
+        self.check_called_aet = check_called_aet
         self.dir = workdir
         self.aet = aet
         self.http = free_port()
@@ -117,7 +119,7 @@ class Orthanc:
         cfg = {
             "Name": "test-pacs", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
             "HttpPort": self.http, "DicomPort": self.dicom, "DicomAet": self.aet, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [], "StableAge": 2,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": self.check_called_aet, "Plugins": [], "StableAge": 2,
             "DicomModalities": self.modalities, "MaximumPduLength": 131072,
         }
         (self.dir / "orthanc.json").write_text(json.dumps(cfg))
