@@ -271,6 +271,7 @@ def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_e
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
         model = fit(train, lm_epochs, gr_epochs, seed + k, log)
+        model.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
         preds = predict(model, [items[i] for i in val])
         for i, p in zip(val, preds):
             oof[i] = p

@@ -1,0 +1,65 @@
+"""CPU time and peak memory per study for the shipped model (JSON). Uses the annotated slices in ../shared when
+present, else synthetic slices.
+
+    .venv/bin/python benchmarks/inference.py [--model default] [--n 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from ai.infer import Analyzer  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "tianchi-spark-train150"
+
+
+def slices(n: int) -> list[tuple[np.ndarray, tuple[float, float]]]:
+    if SHARED.is_dir():
+        from ai.data import load_dataset
+
+        return [s.load() for s in load_dataset(SHARED)[:n]]
+    from dicomgen import phantom
+
+    return [(phantom(512, 512, i).astype(np.float32), (0.7, 0.7)) for i in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    analyzer = Analyzer.load(args.model, "cpu")
+    load_s = time.perf_counter() - t0
+    data = slices(args.n)
+    analyzer.analyze(*data[0])  # warm-up
+    wall, cpu = [], []
+    for pixels, spacing in data:
+        w, c = time.perf_counter(), time.process_time()
+        analyzer.analyze(pixels, spacing)
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    print(json.dumps({
+        "model_version": analyzer.version, "studies": len(data), "threads": args.threads,
+        "source": "train150" if SHARED.is_dir() else "synthetic", "model_load_s": round(load_s, 3),
+        "wall_s_per_study_mean": round(float(np.mean(wall)), 4), "wall_s_per_study_p95": round(float(np.percentile(wall, 95)), 4),
+        "cpu_s_per_study_mean": round(float(np.mean(cpu)), 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
