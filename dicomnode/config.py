@@ -31,6 +31,8 @@ class NodeConfig:
     max_pdu_size: int = 0
     network_timeout: int = 60
     metrics_port: int = 0
+    retention_days: float = 30
+    purge_free_bytes: int = 5_000_000_000
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dicomnode import logs
 from dicomnode.config import Config
 from dicomnode.jobs import JobRunner
 from dicomnode.pipeline import get_analyzer
+from storage import retention
 from storage.filestore import FileStore
 
 log = logs.get("dicomnode.scheduler")
@@ -38,6 +39,7 @@ class Scheduler:
             log.error("model not loaded", model=self.cfg.ai.model, error=f"{type(exc).__name__}: {exc}"[:300])
         self.aps.add_job(self._tick, "interval", seconds=self.cfg.scheduler.poll_seconds, max_instances=1,
                          coalesce=True, id="completion")
+        self.aps.add_job(self._retention, "interval", minutes=10, max_instances=1, coalesce=True, id="retention")
         self.aps.start()
         for i in range(self.cfg.scheduler.workers):
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
@@ -51,6 +53,17 @@ class Scheduler:
             log.warning("completion check failed", error=type(exc).__name__)
             return
         self.wake.set()
+
+    def _retention(self) -> None:
+        node = self.cfg.node
+        try:
+            done = retention.apply(self.runner.engine, self.runner.store, node.retention_days * 86400,
+                                   node.purge_free_bytes)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("retention failed", error=type(exc).__name__)
+            return
+        if any(done.values()):
+            log.info("retention", **done)
 
     def _work(self) -> None:
         while not self.stopping.is_set():

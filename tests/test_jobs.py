@@ -203,3 +203,24 @@ def test_reprocess_makes_a_new_revision(env, tmp_path: Path):
     drain(runner)
     assert [j.state for j in jobs(engine)] == ["superseded", "done"]
     assert reprocess_study(cfg, "1.2.3.4")[0] is False
+
+
+def test_retention_removes_old_finished_studies_never_unfinished(env, tmp_path: Path):
+    from storage import retention
+
+    cfg, engine, store, runner = env
+    t0 = time.time() - 100 * 86400
+    old, fresh = generate_uid(), generate_uid()
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), old), t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+    drain(runner)
+    with engine.begin() as conn:  # it finished long ago
+        conn.execute(db.jobs.update().values(finished=t0 + 200))
+    ingest(engine, store, write_series(tmp_path / "b", SeriesSpec("T2 SAG", slices=3), fresh), time.time())
+    runner.tick()  # the fresh study has a waiting job: untouchable
+    done = retention.apply(engine, store, max_age_s=30 * 86400, min_free=0)
+    assert done == {"purged_by_age": 1, "purged_for_space": 0}
+    assert not (store.studies / old).exists() and (store.studies / fresh).exists()
+    done = retention.apply(engine, store, max_age_s=0, min_free=10**18)  # disk pressure: still not the waiting one
+    assert done["purged_for_space"] == 0 and (store.studies / fresh).exists()
