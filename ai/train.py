@@ -49,12 +49,13 @@ def prepare(studies: list[Study]) -> list[Item]:
     return items
 
 
-def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator,
+             zoom: tuple[float, float] = (0.85, 1.2)) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation/scale/shift (anatomy-preserving: no flips) and intensity gamma/contrast.
     pts in input pixels (N, 11, 2)."""
     n, _, s, _ = x.shape
     ang = np.deg2rad(rng.uniform(-12, 12, n))
-    scale = rng.uniform(0.85, 1.2, n)  # >1 zooms in
+    scale = rng.uniform(*zoom, n)  # >1 zooms in
     shift = rng.uniform(-0.1, 0.1, (n, 2))
     cos, sin = np.cos(ang) / scale, np.sin(ang) / scale
     a = torch.tensor(np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1), dtype=torch.float32)
@@ -84,7 +85,8 @@ def _heatmap_loss(logits: torch.Tensor, pts: torch.Tensor, mask: torch.Tensor, s
     return (ce * m).sum() / m.sum().clamp_min(1)
 
 
-def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, width: int = 16) -> LandmarkNet:
+def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, width: int = 16,
+                    zoom: tuple[float, float] = (0.85, 1.2)) -> LandmarkNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = LandmarkNet(width)
@@ -102,7 +104,7 @@ def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, width: 
         t0 = time.time()
         for b in range(0, len(order), bs):
             idx = torch.from_numpy(order[b : b + bs])
-            x, pts = _augment(x_all[idx], p_all[idx], rng)
+            x, pts = _augment(x_all[idx], p_all[idx], rng, zoom)
             loss = _heatmap_loss(net(x), pts, m_all[idx])
             opt.zero_grad()
             loss.backward()
@@ -250,27 +252,29 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def fit(items: list[Item], lm_epochs: int, gr_epochs: int, seed: int, log: Log) -> Analyzer:
-    lm = train_landmarks(items, lm_epochs, seed, log)
+def fit(items: list[Item], lm_epochs: int, gr_epochs: int, seed: int, log: Log,
+        zoom: tuple[float, float] = (0.85, 1.2)) -> Analyzer:
+    lm = train_landmarks(items, lm_epochs, seed, log, zoom=zoom)
     gr = train_grader(items, gr_epochs, seed, log)
     return Analyzer(lm, gr, Decision(), {"width": 16, "input_size": INPUT_SIZE}, torch.device("cpu"))
 
 
 def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_epochs: int = 15,
-        seed: int = 0, final: bool = True, log: Log = print) -> dict[str, Any]:
+        seed: int = 0, final: bool = True, log: Log = print,
+        zoom: tuple[float, float] = (0.85, 1.2)) -> dict[str, Any]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     items = prepare(load_dataset(data_dir))
     log(f"{len(items)} studies loaded")
     report: dict[str, Any] = {"folds": folds, "landmark_epochs": lm_epochs, "grader_epochs": gr_epochs,
-                              "seed": seed, "per_fold": []}
+                              "seed": seed, "zoom": list(zoom), "per_fold": []}
     oof: list[dict | None] = [None] * len(items)
     splits = folds_of(len(items), folds, seed) if folds > 1 else []
     for k, val in enumerate(splits):
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
-        model = fit(train, lm_epochs, gr_epochs, seed + k, log)
+        model = fit(train, lm_epochs, gr_epochs, seed + k, log, zoom)
         model.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
         preds = predict(model, [items[i] for i in val])
         for i, p in zip(val, preds):
@@ -298,7 +302,7 @@ def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_e
         final_decision = Decision()
     if final:
         t0 = time.time()
-        model = fit(items, lm_epochs, gr_epochs, seed + 100, log)
+        model = fit(items, lm_epochs, gr_epochs, seed + 100, log, zoom)
         model.decision = final_decision
         report["final_fit_seconds"] = round(time.time() - t0)
         model.meta["version"] = time.strftime("%Y%m%d")

@@ -1,0 +1,33 @@
+"""Renders the cross-validation tables of a training report (cv.json) as Markdown for the model card.
+
+    python -m ai.model_card ai/weights/default/cv.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+KEYS = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy", "mean_error_mm",
+        "all_levels_hit"]
+CLASSES = ["disc_v1", "disc_v2", "disc_v3", "disc_v4", "disc_v5", "vertebra_v1", "vertebra_v2"]
+
+
+def tables(report: dict) -> str:
+    out = ["| fold | studies | " + " | ".join(KEYS) + " |", "|" + " --- |" * (len(KEYS) + 2)]
+    for i, m in enumerate(report["per_fold"], 1):
+        out.append(f"| {i} | {m['studies']} | " + " | ".join(str(m[k]) for k in KEYS) + " |")
+    out.append("| **mean** | | " + " | ".join(f"**{report['cv_mean'][k]}**" for k in KEYS) + " |")
+    out += ["", "Per-class F1 (each fold scored with biases tuned on the other folds' predictions):", "",
+            "| fold | " + " | ".join(CLASSES) + " |", "|" + " --- |" * (len(CLASSES) + 1)]
+    for i, m in enumerate(report["per_fold"], 1):
+        out.append(f"| {i} | " + " | ".join(f"{m['per_class'][c]['f1']:.3f}" for c in CLASSES) + " |")
+    pooled = report["cv_untuned_pooled"]
+    out += ["", f"Pooled out-of-fold, untuned decision (arg-max): macro-F1 {pooled['tianchi_macro_f1']}, "
+            f"within 6 mm {pooled['within_6mm']}, all 11 levels hit {pooled['all_levels_hit']}."]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(tables(json.loads(Path(sys.argv[1]).read_text())))

@@ -1,0 +1,65 @@
+"""`dicomnode analyze` and `dicomnode evaluate` with the shipped model: the JSON contracts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicomgen import SeriesSpec, write_series
+from peers import DICOMNODE
+from pydicom.uid import generate_uid
+
+from ai.labels import LEVELS
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DICOMNODE, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_analyze_writes_sr_gsps_png_and_prints_the_contract(tmp_path: Path):
+    study = tmp_path / "study"
+    write_series(study / "sag", SeriesSpec("T2_TSE_SAG", slices=5), generate_uid())
+    r = run("analyze", str(study), "--out", str(tmp_path / "out"), "--json", "--png")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"study_uid", "series_uid", "sop_instance_uid", "levels"} <= out.keys()
+    assert [lv["level"] for lv in out["levels"]] == list(LEVELS)
+    for lv in out["levels"]:
+        assert {"level", "kind", "x", "y", "labels", "confidence"} <= lv.keys()
+        assert lv["kind"] in ("disc", "vertebra") and 0 <= lv["confidence"] <= 1 and lv["labels"]
+    assert pydicom.dcmread(tmp_path / "out" / "sr.dcm").Modality == "SR"
+    assert pydicom.dcmread(tmp_path / "out" / "gsps.dcm").Modality == "PR"
+    assert (tmp_path / "out" / "preview.png").stat().st_size > 1000
+
+
+def test_analyze_without_sagittal_t2_says_why(tmp_path: Path):
+    write_series(tmp_path / "ax", SeriesSpec("T2_TRA", plane="ax"), generate_uid())
+    r = run("analyze", str(tmp_path / "ax"), "--out", str(tmp_path / "out"), "--json")
+    assert r.returncode == 2
+    out = json.loads(r.stdout)
+    assert out["error"] == "no_input" and "axial plane" in out["reason"]
+
+
+@pytest.mark.data
+def test_evaluate_json_contract_on_a_subset(shared_data: Path, tmp_path: Path):
+    ann = json.loads(next(shared_data.glob("*_annotation.json")).read_text())[:8]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "sub_annotation.json").write_text(json.dumps(ann))
+    for entry in ann:  # the matching images, found by SOP Instance UID
+        uid = entry["data"][0]["instanceUid"]
+        for f in shared_data.glob("images/*/*.dcm"):
+            if pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID == uid:
+                shutil.copy(f, tmp_path / "images" / f"{uid}.dcm")
+                break
+    r = run("evaluate", "--data", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    for key in ("tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
+                "mean_error_mm", "all_levels_hit", "studies", "points"):
+        assert key in m
+    assert m["studies"] == 8 and m["points"] >= 80
+    assert m["within_6mm"] > 0.5  # the shipped model localises real slices
