@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import insert, update
@@ -22,7 +21,8 @@ from sqlalchemy.engine import Engine
 from dicomnode import logs, metrics
 from dicomnode.config import Config
 from storage import db
-from storage.filestore import FileStore, read_header
+from storage.filemeta import file_meta
+from storage.filestore import FileStore, read_uids
 
 log = logs.get("dicomnode.scp")
 
@@ -182,12 +182,13 @@ class StoreSCP:
             metrics.STORE_FAILURES.labels(reason="disk_full").inc()
             return OUT_OF_RESOURCES
         req = event.request
-        data = event.encoded_dataset()
         sop_uid = str(req.AffectedSOPInstanceUID)
+        body = req.DataSet.getbuffer()  # the dataset exactly as sent, never re-encoded
+        ts = str(event.context.transfer_syntax)
+        meta = file_meta(str(req.AffectedSOPClassUID), sop_uid, ts, str(event.assoc.requestor.ae_title))
+        data = [meta, body]
         try:
-            hdr = read_header(data)
-            study_uid = str(hdr.StudyInstanceUID)
-            series_uid = str(hdr.SeriesInstanceUID)
+            study_uid, series_uid = read_uids(body, ts)
         except Exception as exc:  # noqa: BLE001 - any unreadable header is the sender's problem, not a crash
             metrics.STORE_FAILURES.labels(reason="unreadable").inc()
             log.warning("store refused", sop_instance_uid=sop_uid, reason=f"unreadable header: {type(exc).__name__}")
@@ -196,6 +197,7 @@ class StoreSCP:
             metrics.STORE_FAILURES.labels(reason="missing_uid").inc()
             log.warning("store refused", sop_instance_uid=sop_uid, reason="missing study/series/instance UID")
             return CANNOT_UNDERSTAND
+        size = len(meta) + len(body)
         path = self.store.path_for(study_uid, series_uid, sop_uid)
         try:
             self.store.write(path, data)
@@ -205,8 +207,8 @@ class StoreSCP:
             return OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PROCESSING_FAILURE
         row = {
             "sop_instance_uid": sop_uid, "sop_class_uid": str(req.AffectedSOPClassUID), "study_uid": study_uid,
-            "series_uid": series_uid, "transfer_syntax": str(UID(event.context.transfer_syntax)),
-            "path": str(path.relative_to(self.store.root)), "size": len(data), "received_at": time.time(),
+            "series_uid": series_uid, "transfer_syntax": ts,
+            "path": str(path.relative_to(self.store.root)), "size": size, "received_at": time.time(),
             "association_id": stats.row_id if stats else None,
             "calling_ae": str(event.assoc.requestor.ae_title).strip(),
         }
@@ -222,7 +224,7 @@ class StoreSCP:
             return OUT_OF_RESOURCES  # transient: the sender may retry; the file will be re-indexed at start
         if stats is not None:
             with stats.lock:
-                stats.bytes += len(data)
+                stats.bytes += size
         metrics.INSTANCES.inc()
-        metrics.BYTES.inc(len(data))
+        metrics.BYTES.inc(size)
         return SUCCESS

@@ -29,3 +29,17 @@ def test_write_is_atomic_and_leaves_no_temp(tmp_path: Path):
     assert dest.read_bytes() == b"y" * 10
     assert list(store.tmp.iterdir()) == []
     assert len(list(store.iter_files())) == 1
+
+
+def test_read_uids_in_every_transfer_syntax(tmp_path: Path):
+    import pydicom
+    from dicomgen import ALL_SYNTAXES, write_in_syntax
+
+    from storage.filestore import read_uids
+
+    for i, ts in enumerate(ALL_SYNTAXES):
+        f = write_in_syntax(tmp_path / f"{i}.dcm", ts, "1.2.3.4")
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        meta_len = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
+        body = f.read_bytes()[meta_len:]
+        assert read_uids(body, str(ts)) == ("1.2.3.4", str(ds.SeriesInstanceUID)), ts.name
