@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--repeat", type=int, default=3, help="alternating runs; medians are reported (disk speed varies)")
     args = ap.parse_args()
     result: dict[str, object] = {"n": args.n, "pdu": PDU, "fsync": True, "cores": os.cpu_count()}
     for size in args.sizes:
@@ -72,10 +74,17 @@ def main() -> None:
         try:
             src = work / "src"
             write_series(src, SeriesSpec(slices=args.n, rows=size, cols=size), generate_uid())
-            scp = bench_storescp(src, args.n, work)
-            node = bench_node(src, args.n, work)
+            scps, nodes = [], []
+            for i in range(args.repeat):
+                run_dir = work / f"run{i}"
+                run_dir.mkdir()
+                scps.append(bench_storescp(src, args.n, run_dir))
+                nodes.append(bench_node(src, args.n, run_dir))
+                shutil.rmtree(run_dir, ignore_errors=True)
+            scp, node = statistics.median(scps), statistics.median(nodes)
             result[str(size)] = {"storescp_img_s": round(scp, 1), "dicomnode_img_s": round(node, 1),
-                                 "ratio": round(node / scp, 3)}
+                                 "ratio": round(node / scp, 3),
+                                 "ratios_per_run": [round(b / a, 3) for a, b in zip(scps, nodes)]}
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
