@@ -18,6 +18,7 @@ from dicomnode.config import OutputConfig
 from dicomnode.report.common import OutputIds
 from dicomnode.report.gsps import build_gsps
 from dicomnode.report.preview import write_png
+from dicomnode.report.sc import build_sc
 from dicomnode.report.sr import build_sr
 from dicomnode.selection import Selection, select
 
@@ -112,6 +113,9 @@ def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: Outp
     if output.gsps:
         pr = build_gsps(analysis.source, analysis.levels, analysis.model_version, ids, output.show_normal_levels)
         written.append(_save(pr, out_dir / "gsps.dcm"))
+    if output.secondary_capture:
+        sc = build_sc(analysis.source, analysis.pixels, analysis.levels, analysis.model_version, ids)
+        written.append(_save(sc, out_dir / "sc.dcm"))
     if png:
         written.append(write_png(out_dir / "preview.png", analysis.pixels, analysis.levels))
     return written

@@ -224,3 +224,17 @@ def test_retention_removes_old_finished_studies_never_unfinished(env, tmp_path: 
     assert not (store.studies / old).exists() and (store.studies / fresh).exists()
     done = retention.apply(engine, store, max_age_s=0, min_free=10**18)  # disk pressure: still not the waiting one
     assert done["purged_for_space"] == 0 and (store.studies / fresh).exists()
+
+
+def test_secondary_capture_is_written_only_when_configured(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    cfg.output.secondary_capture = True
+    t0 = time.time() - 1000
+    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+    drain(runner)
+    job = jobs(engine)[0]
+    out = store.root / "results" / str(job.id)
+    assert job.state == "done" and (out / "sc.dcm").exists()
+    assert pydicom.dcmread(out / "sc.dcm").SeriesNumber == 9903

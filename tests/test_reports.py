@@ -121,3 +121,18 @@ def test_outputs_share_the_study_with_stable_series_numbers(tmp_path: Path):
     assert sr1.SeriesInstanceUID == sr2.SeriesInstanceUID != pr1.SeriesInstanceUID
     assert sr1.SOPInstanceUID != sr2.SOPInstanceUID  # a new revision is a new instance
     assert build_sr(src, levels(), "t", a).SOPInstanceUID == sr1.SOPInstanceUID  # a re-run is the same instance
+
+
+def test_burned_in_secondary_capture_validates(tmp_path: Path):
+    from dicomnode.report.sc import build_sc
+
+    src, _ = source(tmp_path)
+    sc = write(build_sc(src, src.pixel_array.astype(np.float32), levels(), "t", OutputIds(src.StudyInstanceUID, 1)),
+               tmp_path / "sc.dcm")
+    assert dciodvfy_errors(sc) == []
+    back = pydicom.dcmread(sc)
+    assert back.BurnedInAnnotation == "YES" and back.StudyInstanceUID == src.StudyInstanceUID
+    assert back.pixel_array.shape == (src.Rows, src.Columns, 3)
+    lv = levels()[8]  # L4-L5, abnormal: drawn in orange-red near its point
+    patch = back.pixel_array[int(lv.y) - 20:int(lv.y) + 20, int(lv.x) - 40:int(lv.x) + 40]
+    assert ((patch[..., 0] > 200) & (patch[..., 2] < 100)).any()

@@ -14,9 +14,10 @@ from ai.labels import is_abnormal
 from dicomnode.report.gsps import label_text, outline
 
 
-def render(pixels: np.ndarray, levels: list[LevelResult]) -> Image.Image:
+def render(pixels: np.ndarray, levels: list[LevelResult], upscale: bool = True) -> Image.Image:
+    """upscale=False keeps the slice's own matrix (for the burned-in DICOM copy)."""
     img = Image.fromarray((normalise(pixels) * 255).astype(np.uint8)).convert("RGB")
-    scale = max(1, 768 // max(img.size))
+    scale = max(1, 768 // max(img.size)) if upscale else 1
     img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
     draw = ImageDraw.Draw(img)
     shapes = outline(levels)
