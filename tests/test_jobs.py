@@ -69,6 +69,13 @@ def events(engine, job_id: int) -> list[tuple[str, str]]:
             select(db.job_events).where(db.job_events.c.job_id == job_id).order_by(db.job_events.c.id))]
 
 
+def queue_study(runner: JobRunner, files: list[Path], t0: float) -> None:
+    """Received at t0, then quiet long enough to be queued."""
+    ingest(runner.engine, runner.store, files, t0)
+    runner.tick(now=t0 + 1)
+    runner.tick(now=t0 + 100)
+
+
 def drain(runner: JobRunner) -> None:
     while (claimed := runner.claim()) is not None:
         runner.work(*claimed)
@@ -122,9 +129,7 @@ def test_incomplete_stack_waits_for_study_quiet_or_max_wait(env, tmp_path: Path)
 def test_no_sagittal_t2_ends_no_input_with_reason(env, tmp_path: Path):
     cfg, engine, store, runner = env
     t0 = time.time() - 1000
-    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 TRA", plane="ax"), generate_uid()), t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 TRA", plane="ax"), generate_uid()), t0)
     drain(runner)
     job = jobs(engine)[0]
     assert job.state == "no_input" and job.reason_code == "no_input" and "axial plane" in job.reason
@@ -138,9 +143,7 @@ def test_missing_pixel_data_fails_with_a_clear_reason(env, tmp_path: Path):
         ds = pydicom.dcmread(f)
         del ds.PixelData
         ds.save_as(f)
-    ingest(engine, store, files, t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, files, t0)
     drain(runner)
     job = jobs(engine)[0]
     assert job.state == "failed" and job.reason_code == "unreadable_pixels"
@@ -153,9 +156,7 @@ def test_new_instances_make_a_revision_only_when_the_selection_changes(env, tmp_
     cfg, engine, store, runner = env
     study = generate_uid()
     t0 = time.time() - 5000
-    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), study), t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), study), t0)
     drain(runner)
     # an axial series arrives later: the selected series is unchanged
     ingest(engine, store, write_series(tmp_path / "b", SeriesSpec("T2 TRA", plane="ax", series_number=2), study), t0 + 200)
@@ -177,9 +178,7 @@ def test_new_instances_make_a_revision_only_when_the_selection_changes(env, tmp_
 def test_restart_resumes_running_jobs(env, tmp_path: Path):
     cfg, engine, store, runner = env
     t0 = time.time() - 1000
-    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
     job_id, _ = runner.claim()
     with engine.begin() as conn:  # the process died in the middle of the job
         db.set_job_state(conn, job_id, JobState.RUNNING, "crash here")
@@ -194,9 +193,7 @@ def test_reprocess_makes_a_new_revision(env, tmp_path: Path):
     cfg, engine, store, runner = env
     study = generate_uid()
     t0 = time.time() - 1000
-    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), study), t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), study), t0)
     drain(runner)
     ok, msg = reprocess_study(cfg, study)
     assert ok and "revision 2" in msg
@@ -211,9 +208,7 @@ def test_retention_removes_old_finished_studies_never_unfinished(env, tmp_path: 
     cfg, engine, store, runner = env
     t0 = time.time() - 100 * 86400
     old, fresh = generate_uid(), generate_uid()
-    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), old), t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), old), t0)
     drain(runner)
     with engine.begin() as conn:  # it finished long ago
         conn.execute(db.jobs.update().values(finished=t0 + 200))
@@ -230,9 +225,7 @@ def test_secondary_capture_is_written_only_when_configured(env, tmp_path: Path):
     cfg, engine, store, runner = env
     cfg.output.secondary_capture = True
     t0 = time.time() - 1000
-    ingest(engine, store, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
     drain(runner)
     job = jobs(engine)[0]
     out = store.root / "results" / str(job.id)

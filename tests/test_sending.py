@@ -10,7 +10,7 @@ import pytest
 from dicomgen import SeriesSpec, write_series
 from peers import Orthanc
 from pydicom.uid import generate_uid
-from test_jobs import FakeAnalyzer, drain, events, ingest, jobs
+from test_jobs import FakeAnalyzer, drain, events, jobs, queue_study
 
 from dicomnode.config import Config, Destination, SchedulerConfig
 from dicomnode.jobs import JobRunner
@@ -41,9 +41,7 @@ def sop_classes(pacs: Orthanc, study: str) -> list[str]:
 def start_job(runner: JobRunner, engine, store, tmp_path: Path) -> str:
     study = generate_uid()
     t0 = time.time() - 1000
-    ingest(engine, store, write_series(tmp_path / "in", SeriesSpec("T2 SAG", slices=3), study), t0)
-    runner.tick(now=t0 + 1)
-    runner.tick(now=t0 + 100)
+    queue_study(runner, write_series(tmp_path / "in", SeriesSpec("T2 SAG", slices=3), study), t0)
     return study
 
 
