@@ -27,6 +27,8 @@ from storage.states import FINAL_STATES, JobState
 
 log = logs.get("dicomnode.jobs")
 
+MAX_RUN_ATTEMPTS = 5
+
 
 class JobRunner:
     def __init__(self, cfg: Config, engine: Engine, store: FileStore, analyzer: Callable[[], Analyzer]) -> None:
@@ -43,10 +45,15 @@ class JobRunner:
     def resume(self) -> int:
         """Jobs a crash left running go back to the queue; sending jobs resend at once."""
         with self.engine.begin() as conn:
-            rows = conn.execute(select(db.jobs.c.id, db.jobs.c.state).where(
+            rows = conn.execute(select(db.jobs.c.id, db.jobs.c.state, db.jobs.c.attempts).where(
                 db.jobs.c.state.in_([JobState.RUNNING.value, JobState.SENDING.value]))).all()
-            for job_id, state in rows:
-                if state == JobState.RUNNING.value:
+            for job_id, state, attempts in rows:
+                if state == JobState.RUNNING.value and attempts >= MAX_RUN_ATTEMPTS:
+                    # a study that takes the process down with it must not do so forever
+                    why = f"interrupted {attempts} times while running (the process died each time)"
+                    db.set_job_state(conn, job_id, JobState.FAILED, why, reason_code="crashed_repeatedly",
+                                     reason=why, finished=time.time())
+                elif state == JobState.RUNNING.value:
                     db.set_job_state(conn, job_id, JobState.QUEUED, "resumed after restart")
                 else:
                     conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(not_before=None))

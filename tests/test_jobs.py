@@ -189,6 +189,20 @@ def test_restart_resumes_running_jobs(env, tmp_path: Path):
     assert jobs(engine)[0].state == "done"
 
 
+def test_a_job_that_keeps_killing_the_process_fails_instead_of_looping(env, tmp_path: Path):
+    from dicomnode.jobs import MAX_RUN_ATTEMPTS
+
+    cfg, engine, store, runner = env
+    t0 = time.time() - 1000
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
+    job_id = jobs(engine)[0].id
+    with engine.begin() as conn:
+        db.set_job_state(conn, job_id, JobState.RUNNING, "crash here", attempts=MAX_RUN_ATTEMPTS)
+    JobRunner(cfg, engine, store, lambda: FakeAnalyzer()).resume()
+    job = jobs(engine)[0]
+    assert job.state == "failed" and job.reason_code == "crashed_repeatedly"
+
+
 def test_reprocess_makes_a_new_revision(env, tmp_path: Path):
     cfg, engine, store, runner = env
     study = generate_uid()
