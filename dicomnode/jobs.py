@@ -180,7 +180,7 @@ class JobRunner:
             self._finish(job_id, JobState.FAILED, exc.code, exc.reason)
             return
         except Exception as exc:  # noqa: BLE001 - one bad study must not stop the worker
-            log.error("job crashed", job_id=job_id, error=type(exc).__name__, trace=traceback.format_exc(limit=5))
+            log.error("job crashed", job_id=job_id, error=type(exc).__name__, trace=_frames(exc))
             self._finish(job_id, JobState.FAILED, "internal_error", f"{type(exc).__name__}: {exc}"[:500])
             return
         metrics.STAGE_SECONDS.labels(stage="analyse").observe(time.time() - t0)
@@ -189,7 +189,7 @@ class JobRunner:
         try:
             written = write_outputs(analysis, out_dir, job.revision, self.cfg.output)
         except Exception as exc:  # noqa: BLE001
-            log.error("report failed", job_id=job_id, error=type(exc).__name__, trace=traceback.format_exc(limit=5))
+            log.error("report failed", job_id=job_id, error=type(exc).__name__, trace=_frames(exc))
             self._finish(job_id, JobState.FAILED, "report_error", f"{type(exc).__name__}: {exc}"[:500])
             return
         metrics.STAGE_SECONDS.labels(stage="report").observe(time.time() - t1)
@@ -291,6 +291,11 @@ class JobRunner:
         with self.engine.begin() as conn:
             db.set_job_state(conn, job_id, state, reason, reason_code=code, reason=reason, finished=time.time())
         log.warning("job ended", job_id=job_id, state=state.value, reason_code=code)
+
+
+def _frames(exc: BaseException) -> str:
+    """Where it failed, without the exception's message: messages can quote dataset values (names)."""
+    return "".join(traceback.format_tb(exc.__traceback__, limit=5))
 
 
 def new_job(conn: Any, study_uid: str, revision: int, why: str) -> int:
