@@ -20,7 +20,7 @@ from ai.data import Study, load_dataset, target_array
 from ai.decide import Decision
 from ai.evaluate import StudyResult, evaluate
 from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
-from ai.infer import Analyzer, grade_probs, level_crops
+from ai.infer import Analyzer, level_crops
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
 from ai.models import DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet
 

@@ -15,7 +15,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-import zlib
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -145,10 +144,9 @@ def reconcile(store: FileStore, engine: "Engine") -> dict[str, int]:
             continue
         try:
             hdr = read_header(path)
-            meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).file_meta
             row = {"sop_instance_uid": str(hdr.SOPInstanceUID), "sop_class_uid": str(hdr.SOPClassUID),
                    "study_uid": str(hdr.StudyInstanceUID), "series_uid": str(hdr.SeriesInstanceUID),
-                   "transfer_syntax": str(meta.TransferSyntaxUID), "path": rel, "size": path.stat().st_size,
+                   "transfer_syntax": str(hdr.file_meta.TransferSyntaxUID), "path": rel, "size": path.stat().st_size,
                    "received_at": path.stat().st_mtime, "association_id": None}
         except Exception:  # noqa: BLE001 - an unreadable leftover is moved aside, not fatal
             path.rename(path.with_suffix(".unreadable"))

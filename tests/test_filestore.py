@@ -43,3 +43,25 @@ def test_read_uids_in_every_transfer_syntax(tmp_path: Path):
         meta_len = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
         body = f.read_bytes()[meta_len:]
         assert read_uids(body, str(ts)) == ("1.2.3.4", str(ds.SeriesInstanceUID)), ts.name
+
+
+def test_reconcile_indexes_files_without_rows_and_removes_leftovers(tmp_path: Path):
+    import pydicom
+    from dicomgen import SeriesSpec, write_series
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select
+
+    from storage import db
+    from storage.filestore import reconcile
+
+    store = FileStore(tmp_path / "var", fsync=False)
+    engine = db.open_db(tmp_path / "var" / "dicomnode.db")
+    f = write_series(tmp_path / "src", SeriesSpec(slices=1), generate_uid())[0]
+    ds = pydicom.dcmread(f)
+    store.write(store.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID), f.read_bytes())
+    (store.tmp / "123-crashed.part").write_bytes(b"half a file")
+    assert reconcile(store, engine) == {"tmp_removed": 1, "indexed": 1, "missing_files": 0}
+    with engine.connect() as conn:
+        row = conn.execute(select(db.instances)).one()
+    assert row.sop_instance_uid == ds.SOPInstanceUID and row.transfer_syntax == "1.2.840.10008.1.2.1"
+    assert reconcile(store, engine) == {"tmp_removed": 0, "indexed": 0, "missing_files": 0}
