@@ -68,3 +68,30 @@ def test_kill9_mid_transfer_then_resend(node_factory, tmp_path: Path):
     con.close()
     assert n_rows == n_unique == len(files)
     assert len(list((node.data_dir / "studies").rglob("*.dcm"))) == len(files)
+
+
+def test_database_write_locked_by_another_process(node_factory, tmp_path: Path):
+    """Another process holds the database's write lock for 4 s during a transfer: stores wait, nothing is lost."""
+    import sys
+
+    files = write_series(tmp_path / "src", SeriesSpec(slices=40, rows=64, cols=64), generate_uid())
+    node = node_factory().start()
+    db = node.data_dir / "dicomnode.db"
+    locker = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, time, sys\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(4)\n"
+        "c.execute('COMMIT')\n")], stdout=subprocess.PIPE, text=True)
+    assert locker.stdout.readline().strip() == "locked"
+    t0 = time.time()
+    r = storescu(node.port, files)
+    locker.wait(30)
+    assert successes(r.stdout + r.stderr) == len(files)
+    assert time.time() - t0 >= 3  # the stores really waited for the lock
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from instances").fetchone()[0] == len(files)
+    con.close()
+    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
+    assert e.returncode == 0

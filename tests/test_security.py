@@ -1,0 +1,35 @@
+"""Limits that keep one misbehaving peer from taking the node down."""
+
+from __future__ import annotations
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+pytestmark = [pytest.mark.peers, pytest.mark.security]
+
+
+def test_simultaneous_association_limit(node_factory):
+    node = node_factory(node={"max_associations": 2}).start()
+    ae = AE("PROBE")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        extra = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+        assert not extra.is_established and extra.is_rejected
+        assert extra.acceptor.primitive.result == 0x02  # rejected transient: try again later
+    finally:
+        for a in held:
+            a.release()
+    again = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    assert again.is_established
+    again.release()
+
+
+def test_wrong_called_ae_title_is_rejected(node_factory):
+    node = node_factory().start()
+    ae = AE("PROBE")
+    ae.add_requested_context(Verification)
+    a = ae.associate("127.0.0.1", node.port, ae_title="SOMEONEELSE")
+    assert a.is_rejected and a.acceptor.primitive.diagnostic == 0x07  # called AE not recognised
