@@ -95,3 +95,40 @@ def test_database_write_locked_by_another_process(node_factory, tmp_path: Path):
     con.close()
     e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
     assert e.returncode == 0
+
+
+def test_ten_restarts_in_a_row_under_traffic(node_factory, tmp_path: Path):
+    """A sender keeps sending while the node is killed and restarted ten times: every acknowledged instance is
+    stored once, and afterwards a full resend completes."""
+    import threading
+
+    files = write_series(tmp_path / "src", SeriesSpec(slices=120, rows=64, cols=64), generate_uid())
+    node = node_factory().start()
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def sender() -> None:
+        while not stop.is_set():
+            out = storescu(node.port, files)
+            acked.extend(acknowledged(out.stdout + out.stderr))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    for _ in range(10):
+        time.sleep(0.4)
+        node.kill9()
+        node.start()
+    stop.set()
+    t.join(120)
+    assert acked, "some instances must have been acknowledged between restarts"
+    con = sqlite3.connect(node.data_dir / "dicomnode.db")
+    stored = {uid for (uid,) in con.execute("select sop_instance_uid from instances")}
+    con.close()
+    for f in set(acked):
+        assert str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) in stored
+    r = storescu(node.port, files)
+    assert successes(r.stdout + r.stderr) == len(files)
+    assert list((node.data_dir / "tmp").iterdir()) == []
+    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
+    assert e.returncode == 0
