@@ -11,6 +11,7 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from ai.infer import LevelResult
 from ai.labels import describe
@@ -57,6 +58,4 @@ def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids
 
 
 def _device_uid() -> str:
-    from pydicom.uid import generate_uid
-
     return generate_uid(entropy_srcs=[ALGORITHM_NAME, "device"])
