@@ -54,7 +54,12 @@ def cmd_echo(args: argparse.Namespace) -> int:
     from dicomnode.scu import echo
 
     ae, host, port = args.peer
-    ok, detail = echo(ae, host, port, calling_ae=args.aet)
+    ctx = None
+    if args.tls:
+        from dicomnode.tls import client_context
+
+        ctx = client_context(_config(args).tls)
+    ok, detail = echo(ae, host, port, calling_ae=args.aet, tls=ctx)
     print(f"{'ok' if ok else 'failed'}: C-ECHO {ae}@{host}:{port} {detail}")
     return 0 if ok else 1
 
@@ -140,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("echo", cmd_echo, "C-ECHO a peer", config=False)
     sp.add_argument("peer", type=parse_peer, metavar="AET@HOST:PORT")
     sp.add_argument("--aet", default="DICOMNODE", help="our calling AE title")
+    sp.add_argument("--tls", action="store_true", help="DICOM TLS with the certificate, key and CAs of [tls]")
+    sp.add_argument("--config", help="TOML file for --tls (default: $DICOMNODE_CONFIG, else the bundled one)")
     sp = add("jobs", cmd_jobs, "list jobs")
     sp.add_argument("--state")
     sp.add_argument("--limit", type=int, default=50)

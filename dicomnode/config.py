@@ -28,7 +28,7 @@ class NodeConfig:
     min_free_bytes: int = 1_000_000_000
     fsync: bool = True
     max_associations: int = 16
-    max_pdu_size: int = 0
+    max_pdu_size: int = 131072
     network_timeout: int = 60
     metrics_port: int = 0
     retention_days: float = 30
@@ -38,6 +38,18 @@ class NodeConfig:
 @dataclass
 class SecurityConfig:
     allowed_callers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TLSConfig:
+    """DICOM TLS (PS3.15 B.9, BCP 195): a second listener, and the client side for destinations with tls."""
+
+    port: int = 0  # 0 = no TLS listener
+    certificate: str = ""  # PEM, ours (server and client); chain allowed
+    private_key: str = ""  # PEM, unencrypted; readable by the service user only
+    ca_certificates: str = ""  # PEM bundle of the CAs whose peers we trust
+    require_client_certificate: bool = True
+    plain: bool = True  # keep the unencrypted node.port listener
 
 
 @dataclass
@@ -71,12 +83,14 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
 
 @dataclass
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ai: AIConfig = field(default_factory=AIConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -144,6 +158,20 @@ def _validate(cfg: Config) -> None:
         ae = caller.split("@", 1)[0]
         if not 1 <= len(ae) <= 16:
             raise ConfigError(f"security.allowed_callers: bad entry {caller!r} (use 'AE' or 'AE@IP')")
+    tls = cfg.tls
+    if tls.port and not 0 < tls.port < 65536:
+        raise ConfigError("tls.port: must be 0 (off) or 1-65535")
+    if tls.port and tls.port == cfg.node.port:
+        raise ConfigError("tls.port: must differ from node.port")
+    if not tls.plain and not tls.port:
+        raise ConfigError("tls.plain = false needs tls.port (otherwise nothing listens)")
+    needs_tls = bool(tls.port) or any(d.tls for d in cfg.destinations)
+    for key in ("certificate", "private_key", "ca_certificates"):
+        value = getattr(tls, key)
+        if needs_tls and not value:
+            raise ConfigError(f"tls.{key}: required when tls.port is set or a destination uses tls")
+        if value and not Path(value).is_file():
+            raise ConfigError(f"tls.{key}: file not found: {value}")
     names = [d.name for d in cfg.destinations]
     if len(set(names)) != len(names):
         raise ConfigError("destinations: names must be unique")

@@ -40,6 +40,11 @@ class JobRunner:
         self._claim_lock = threading.Lock()
         self._active: set[int] = set()
         self._early_cache: dict[tuple[str, int], bool] = {}
+        self._tls: Any = None
+        if any(d.tls for d in cfg.destinations):
+            from dicomnode.tls import client_context
+
+            self._tls = client_context(cfg.tls)
 
     # --- start-up ---------------------------------------------------------------------------------
     def resume(self) -> int:
@@ -246,7 +251,7 @@ class JobRunner:
                 permanent.append(f"destination {name!r} no longer configured")
                 continue
             results = scu.store([Path(r.path) for r in rows], dest.ae_title, dest.host, dest.port,
-                                calling_ae=self.cfg.node.ae_title)
+                                calling_ae=self.cfg.node.ae_title, tls=self._tls if dest.tls else None)
             by_uid = {r.sop_instance_uid: r for r in rows}
             with self.engine.begin() as conn:
                 for res in results:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 
@@ -64,6 +66,47 @@ def caller_allowed(allowed: list[str], ae_title: str, address: str) -> bool:
     return False
 
 
+PDU_SLACK = 256 * 1024  # room for an A-ASSOCIATE-RQ with many presentation contexts
+_pdu_limit = 0  # bytes; 0 = no limit
+_original_recv = AssociationSocket.recv
+
+
+def _bounded_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    if _pdu_limit and nr_bytes > _pdu_limit and self.assoc.is_acceptor:
+        raise OSError(f"peer announced a {nr_bytes}-byte PDU; the limit is {_pdu_limit}")  # -> connection closed
+    return _original_recv(self, nr_bytes)
+
+
+def limit_received_pdus(max_pdu_size: int) -> None:
+    """pynetdicom buffers every PDU whole, whatever length its header claims, and does not hold the peer to the
+    maximum length we negotiated: one peer could make the node allocate gigabytes. With a configured maximum,
+    a PDU announced longer than it (plus slack) closes that association before anything is read."""
+    global _pdu_limit
+    _pdu_limit = max_pdu_size + PDU_SLACK if max_pdu_size else 0
+    AssociationSocket.recv = _bounded_recv  # type: ignore[method-assign]
+
+
+class TLSAssociationServer(ThreadedAssociationServer):
+    """pynetdicom does the TLS handshake in the accept loop without a timeout, so one caller that connects and
+    stays silent blocks every other caller. Here it runs in the association's own thread, time-limited."""
+
+    tls_context: ssl.SSLContext
+    handshake_timeout: float = 30.0
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(self.handshake_timeout)
+            request = self.tls_context.wrap_socket(request, server_side=True)
+            request.settimeout(None)
+        except (OSError, ValueError) as exc:
+            metrics.ASSOCIATIONS.labels(outcome="tls_failed").inc()
+            log.warning("tls handshake failed", address=client_address[0], reason=type(exc).__name__,
+                        detail=str(exc)[:200])
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
 class StoreSCP:
     """Owns the pynetdicom AE and its event handlers."""
 
@@ -74,7 +117,7 @@ class StoreSCP:
         self._assocs: dict[int, AssocStats] = {}
         self._lock = threading.Lock()
         self._conns: queue.LifoQueue[Any] = queue.LifoQueue()  # sqlite3 connections reused across instances
-        self.server: Any = None
+        self.servers: list[Any] = []
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -85,9 +128,10 @@ class StoreSCP:
         # Listing ~160 classes x 45 syntaxes instead cost ~150 ms per association (deep-copied each time).
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
         ae.maximum_pdu_size = node.max_pdu_size
+        limit_received_pdus(node.max_pdu_size)
         ae.maximum_associations = node.max_associations
         ae.network_timeout = node.network_timeout
-        ae.acse_timeout = 30
+        ae.acse_timeout = min(30, node.network_timeout)  # also bounds a caller that connects and says nothing
         ae.dimse_timeout = node.network_timeout
         ae.require_called_aet = True  # the PACS must call us by our title
         return ae
@@ -103,15 +147,31 @@ class StoreSCP:
             (evt.EVT_ABORTED, self.on_aborted),
         ]
 
+    @property
+    def server(self) -> Any:
+        return self.servers[0] if self.servers else None
+
     def start(self) -> None:
-        node = self.cfg.node
-        self.server = self.ae.start_server((node.host, node.port), block=False, evt_handlers=self.handlers)
-        log.info("listening", ae_title=node.ae_title, host=node.host, port=self.server.server_address[1])
+        """The plain listener and/or the TLS one; both share the AE, its handlers and its association limit."""
+        node, tls = self.cfg.node, self.cfg.tls
+        if tls.plain:
+            self.servers.append(self.ae.start_server((node.host, node.port), block=False,
+                                                     evt_handlers=self.handlers))
+            log.info("listening", ae_title=node.ae_title, host=node.host, port=node.port, tls=False)
+        if tls.port:
+            from dicomnode.tls import server_context
+
+            server = self.ae.make_server((node.host, tls.port), evt_handlers=self.handlers,
+                                         server_class=TLSAssociationServer)
+            server.tls_context = server_context(tls)
+            server.handshake_timeout = float(node.network_timeout)
+            threading.Thread(target=server.serve_forever, name="tls-acceptor", daemon=True).start()
+            self.servers.append(server)
+            log.info("listening", ae_title=node.ae_title, host=node.host, port=tls.port, tls=True)
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        while self.servers:
+            self.servers.pop().shutdown()
 
     # --- association events -------------------------------------------------------------------------
     def on_requested(self, event: Any) -> None:

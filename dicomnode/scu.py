@@ -6,6 +6,7 @@ of the missing objects on a fresh association cover it."""
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +39,21 @@ def _ae(calling_ae: str) -> AE:
     return ae
 
 
-def echo(ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE") -> tuple[bool, str]:
+def _tls_args(ctx: ssl.SSLContext | None, host: str) -> tuple[ssl.SSLContext, str | None] | None:
+    """pynetdicom's tls_args: the context and the name to check the peer's certificate against."""
+    if ctx is None:
+        return None
+    return ctx, host
+
+
+def echo(ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE",
+         tls: ssl.SSLContext | None = None) -> tuple[bool, str]:
     ae = _ae(calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    try:
+        assoc = ae.associate(host, port, ae_title=ae_title, tls_args=_tls_args(tls, host))
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"connect: {exc}"
     if not assoc.is_established:
         return False, "association not established" + (" (rejected)" if assoc.is_rejected else "")
     try:
@@ -52,19 +64,21 @@ def echo(ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE") -> 
         assoc.release()
 
 
-def store(files: list[Path], ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE") -> list[SendResult]:
-    """Send files over one association; every object gets a result. Never raises for network trouble."""
+def store(files: list[Path], ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE",
+          tls: ssl.SSLContext | None = None) -> list[SendResult]:
+    """Send files over one association (DICOM TLS when `tls` is given); every object gets a result.
+    Never raises for network trouble; a TLS handshake failure is transient (certificates get fixed)."""
     datasets = [dcmread(f) for f in files]
     ae = _ae(calling_ae)
     for cls_uid, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
         ae.add_requested_context(cls_uid, ts)
     try:
-        assoc = ae.associate(host, port, ae_title=ae_title)
+        assoc = ae.associate(host, port, ae_title=ae_title, tls_args=_tls_args(tls, host))
         if not assoc.is_established and not assoc.is_rejected:
             # A peer that closes its socket right after an A-ASSOCIATE-RJ sometimes reads as an abort here;
             # one immediate second try tells a refusing peer from one that is down.
-            assoc = ae.associate(host, port, ae_title=ae_title)
-    except (OSError, socket.error) as exc:
+            assoc = ae.associate(host, port, ae_title=ae_title, tls_args=_tls_args(tls, host))
+    except (OSError, socket.error, ssl.SSLError) as exc:
         return [SendResult(str(d.SOPInstanceUID), False, TRANSIENT, f"connect: {exc}") for d in datasets]
     if not assoc.is_established:
         if assoc.is_rejected:

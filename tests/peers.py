@@ -105,8 +105,9 @@ class Orthanc:
     """Orthanc as the hospital PACS, with the node as a modality."""
 
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None,
-                 check_called_aet: bool = False) -> None:
+                 check_called_aet: bool = False, extra: dict[str, Any] | None = None) -> None:
         self.check_called_aet = check_called_aet
+        self.extra = extra or {}
         self.dir = workdir
         self.aet = aet
         self.http = free_port()
@@ -120,7 +121,7 @@ class Orthanc:
             "Name": "test-pacs", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
             "HttpPort": self.http, "DicomPort": self.dicom, "DicomAet": self.aet, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": self.check_called_aet, "Plugins": [], "StableAge": 2,
-            "DicomModalities": self.modalities, "MaximumPduLength": 131072,
+            "DicomModalities": self.modalities, "MaximumPduLength": 131072, **self.extra,
         }
         (self.dir / "orthanc.json").write_text(json.dumps(cfg))
         self.proc = subprocess.Popen(["/usr/sbin/Orthanc", f"--logfile={self.dir / 'orthanc.log'}",
