@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def pick_device(name: str = "auto") -> torch.device:
 class Analyzer:
     """Landmark net + grader + decision rule, loaded once."""
 
-    def __init__(self, landmarks: LandmarkNet, grader: Grader, decision: Decision, meta: dict,
+    def __init__(self, landmarks: Any, grader: Grader, decision: Decision, meta: dict,
                  device: torch.device) -> None:
         self.landmarks = landmarks.to(device).eval()
         self.grader = grader.to(device).eval()
@@ -65,16 +66,23 @@ class Analyzer:
         if not meta_path.is_file():
             raise FileNotFoundError(f"no model at {folder} (model.json missing)")
         meta = json.loads(meta_path.read_text())
-        lm = LandmarkNet(meta.get("width", 16))
-        lm.load_state_dict({k: v.float() for k, v in load_file(folder / "landmarks.safetensors").items()})
-        gr = Grader()
+        lm: Any
+        if meta.get("detector") == "yolo":
+            from ai.seed import SeedDetector
+
+            lm = SeedDetector.build({k: v.float() for k, v in load_file(folder / "detector.safetensors").items()})
+        else:
+            lm = LandmarkNet(meta.get("width", 16))
+            lm.load_state_dict({k: v.float() for k, v in load_file(folder / "landmarks.safetensors").items()})
+        gr = Grader(meta.get("grader_arch", "resnet18"))
         gr.load_state_dict({k: v.float() for k, v in load_file(folder / "grader.safetensors").items()})
         return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, pick_device(device))
 
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         half = lambda sd: {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}  # noqa: E731
-        save_file(half(self.landmarks.state_dict()), folder / "landmarks.safetensors")
+        name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"
+        save_file(half(self.landmarks.state_dict()), folder / name)
         save_file(half(self.grader.state_dict()), folder / "grader.safetensors")
         meta = dict(self.meta, decision=self.decision.to_dict(), **(extra_meta or {}))
         (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -82,6 +90,8 @@ class Analyzer:
     @torch.inference_mode()
     def locate(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(11, 2) xy in slice pixels and (11,) localisation confidence."""
+        if hasattr(self.landmarks, "locate"):  # the seed's YOLO detector
+            return self.landmarks.locate(img01)
         box = Letterbox.fit(*img01.shape)
         x = letterbox_tensor(img01, box)[None].to(self.device)
         xy, conf = decode_heatmaps(self.landmarks(x).float().cpu())

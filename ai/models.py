@@ -89,15 +89,19 @@ def decode_heatmaps(logits: torch.Tensor, window: int = 2) -> tuple[torch.Tensor
 
 
 class Grader(nn.Module):
-    """torchvision ResNet-18 (weights=None, one input channel) on a level crop, plus which level it is."""
+    """torchvision ResNet (weights=None, one input channel) on a level crop, plus which level it is.
+    resnet18 for the default model; resnet50 is the seed report's choice."""
 
-    def __init__(self) -> None:
+    def __init__(self, arch: str = "resnet18") -> None:
         super().__init__()
-        net = torchvision.models.resnet18(weights=None)
+        if arch not in ("resnet18", "resnet50"):
+            raise ValueError(f"unknown grader architecture {arch!r}")
+        net = getattr(torchvision.models, arch)(weights=None)
         net.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+        feats = net.fc.in_features
         net.fc = nn.Identity()
         self.backbone = net
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(512 + N_LEVELS, N_GRADES))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feats + N_LEVELS, N_GRADES))
 
     def forward(self, crops: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(crops)

@@ -137,10 +137,10 @@ def _grade_targets(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch
     return t(vert), t(disc), t(v5), present
 
 
-def train_grader(items: list[Item], epochs: int, seed: int, log: Log) -> Grader:
+def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str = "resnet18") -> Grader:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = Grader()
+    net = Grader(arch)
     vert, disc, v5, present = _grade_targets(items)
     counts = torch.bincount(disc[disc >= 0], minlength=4).float()
     disc_w = (counts.sum() / counts.clamp_min(1)) ** 0.5
@@ -253,28 +253,38 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def fit(items: list[Item], lm_epochs: int, gr_epochs: int, seed: int, log: Log,
-        zoom: tuple[float, float] = (0.85, 1.2)) -> Analyzer:
-    lm = train_landmarks(items, lm_epochs, seed, log, zoom=zoom)
-    gr = train_grader(items, gr_epochs, seed, log)
-    return Analyzer(lm, gr, Decision(), {"width": 16, "input_size": INPUT_SIZE}, torch.device("cpu"))
+        zoom: tuple[float, float] = (0.85, 1.2), detector: str = "heatmap", grader_arch: str = "resnet18") -> Analyzer:
+    meta: dict[str, Any] = {"width": 16, "input_size": INPUT_SIZE, "grader_arch": grader_arch}
+    lm: Any
+    if detector == "yolo":
+        from ai.seed import IMGSZ, train_detector
+
+        lm = train_detector(items, lm_epochs, seed, log)
+        meta.update(detector="yolo", input_size=IMGSZ)
+    else:
+        lm = train_landmarks(items, lm_epochs, seed, log, zoom=zoom)
+    gr = train_grader(items, gr_epochs, seed, log, grader_arch)
+    return Analyzer(lm, gr, Decision(), meta, torch.device("cpu"))
 
 
 def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_epochs: int = 15,
         seed: int = 0, final: bool = True, log: Log = print,
-        zoom: tuple[float, float] = (0.85, 1.2)) -> dict[str, Any]:
+        zoom: tuple[float, float] = (0.85, 1.2), detector: str = "heatmap",
+        grader_arch: str = "resnet18") -> dict[str, Any]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     items = prepare(load_dataset(data_dir))
     log(f"{len(items)} studies loaded")
     report: dict[str, Any] = {"folds": folds, "landmark_epochs": lm_epochs, "grader_epochs": gr_epochs,
-                              "seed": seed, "zoom": list(zoom), "per_fold": []}
+                              "seed": seed, "zoom": list(zoom), "detector": detector, "grader_arch": grader_arch,
+                              "per_fold": []}
     oof: list[dict | None] = [None] * len(items)
     splits = folds_of(len(items), folds, seed) if folds > 1 else []
     for k, val in enumerate(splits):
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
-        model = fit(train, lm_epochs, gr_epochs, seed + k, log, zoom)
+        model = fit(train, lm_epochs, gr_epochs, seed + k, log, zoom, detector, grader_arch)
         model.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
         preds = predict(model, [items[i] for i in val])
         for i, p in zip(val, preds):
@@ -302,7 +312,7 @@ def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_e
         final_decision = Decision()
     if final:
         t0 = time.time()
-        model = fit(items, lm_epochs, gr_epochs, seed + 100, log, zoom)
+        model = fit(items, lm_epochs, gr_epochs, seed + 100, log, zoom, detector, grader_arch)
         model.decision = final_decision
         report["final_fit_seconds"] = round(time.time() - t0)
         model.meta["version"] = time.strftime("%Y%m%d")

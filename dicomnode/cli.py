@@ -123,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     report = run(Path(args.data), Path(args.out), folds=args.folds, lm_epochs=args.landmark_epochs,
                  gr_epochs=args.grader_epochs, seed=args.seed, final=not args.no_final,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
+                 log=lambda m: print(m, file=sys.stderr, flush=True), detector=args.detector,
+                 grader_arch=args.grader_arch)
     print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
     return 0
 
@@ -171,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--folds", type=int, default=5)
-    sp.add_argument("--landmark-epochs", type=int, default=45)
+    sp.add_argument("--landmark-epochs", type=int, default=45, help="epochs of the landmark net or YOLO detector")
+    sp.add_argument("--detector", choices=("heatmap", "yolo"), default="heatmap",
+                    help="heatmap = the default model; yolo = the seed report's detector (needs the seed extra)")
+    sp.add_argument("--grader-arch", choices=("resnet18", "resnet50"), default="resnet18")
     sp.add_argument("--grader-epochs", type=int, default=15)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-final", action="store_true", help="skip the final fit on all data")

@@ -46,3 +46,44 @@ def test_kill9_during_jobs_results_exactly_once(node_factory, orthanc_factory, t
         assert classes.count(SR) == 1 and classes.count(GSPS) == 1, classes
     e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
     assert e.returncode == 0
+
+
+def test_pacs_down_for_a_minute_then_back(node_factory, tmp_path: Path):
+    """The PACS is down when the results are ready and for a minute after; the node keeps receiving and
+    answering, retries with back-off, and the results arrive exactly once when the PACS is back."""
+    from peers import Orthanc
+
+    pacs = Orthanc(tmp_path / "pacs")  # same ports and storage across the outage
+    pacs.start()
+    node = node_factory(destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom}],
+                        scheduler={"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2},
+                        output={"send_retries": 10, "retry_backoff_seconds": 2}).start()
+    try:
+        pacs.stop()
+        down_at = time.time()
+        study = generate_uid()
+        r = storescu(node.port, write_series(tmp_path / "s", SeriesSpec("T2 SAG", slices=5), study))
+        assert successes(r.stdout + r.stderr) == 5
+
+        def job() -> dict:
+            r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True,
+                               text=True, timeout=60)
+            rows = json.loads(r.stdout)
+            return rows[0] if rows else {}
+
+        while time.time() - down_at < 60:
+            time.sleep(2)
+            e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV,
+                               timeout=60)
+            assert e.returncode == 0  # the node answers throughout
+        assert job().get("state") == "sending"  # still trying, not given up
+        pacs.start()
+        deadline = time.time() + 120  # the next back-off step is at most 64 s away
+        while time.time() < deadline and job().get("state") != "done":
+            time.sleep(1)
+        assert job().get("state") == "done"
+        found = pacs.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study}})
+        classes = sorted(pacs.get(f"/instances/{i}/simplified-tags")["SOPClassUID"] for i in found)
+        assert classes.count(SR) == 1 and classes.count(GSPS) == 1, classes
+    finally:
+        pacs.stop()

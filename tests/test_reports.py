@@ -97,14 +97,17 @@ def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path
     assert any(abs(normal.x - cx) < 0.01 and abs(normal.y - cy) < 0.01 for cx, cy in coords)
 
 
-@pytest.mark.parametrize("charset, name", [("GB18030", "张三^李四"), ("ISO_IR 192", "王^小明")])
-def test_chinese_patient_names_survive(tmp_path: Path, charset: str, name: str):
+@pytest.mark.parametrize("charset, name", [("GB18030", "张三^李四"), ("ISO_IR 192", "王^小明"),
+                                           (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう")])
+def test_non_ascii_patient_names_survive(tmp_path: Path, charset, name: str):
     src, _ = source(tmp_path, name=name, charset=charset)
     ids = OutputIds(src.StudyInstanceUID, 1)
     for kind, ds in (("sr", build_sr(src, levels(), "t", ids)), ("pr", build_gsps(src, levels(), "t", ids))):
         path = write(ds, tmp_path / f"{kind}.dcm")
         back = pydicom.dcmread(path)
-        assert back.SpecificCharacterSet == charset
+        # ISO 2022's empty first value (default repertoire) is written out as 'ISO 2022 IR 6', the same set
+        expected = charset if isinstance(charset, str) else ["ISO 2022 IR 6", *charset[1:]]
+        assert back.SpecificCharacterSet == expected
         assert str(back.PatientName) == name
         assert back.StudyInstanceUID == src.StudyInstanceUID
         assert dciodvfy_errors(path) == []

@@ -43,10 +43,24 @@ def contributing_equipment(model_version: str) -> list[hd.ContributingEquipment]
         contribution_description="Automated lumbar spine grading; not verified by a physician")]
 
 
+def character_set(source: Dataset) -> str | list[str] | None:
+    """The source's Specific Character Set in a form highdicom accepts: with ISO 2022 code extensions DICOM
+    writes the default repertoire as an empty first value, which highdicom rejects; 'ISO 2022 IR 6' is the
+    same thing spelled out (PS3.3 C.12.1.1.2)."""
+    value = source.get("SpecificCharacterSet")
+    if not value:
+        return None
+    values = [value] if isinstance(value, str) else [str(v) for v in value]
+    if len(values) == 1:
+        return values[0] or None
+    return [v or "ISO 2022 IR 6" for v in values]
+
+
 def carry_patient_context(out: Dataset, source: Dataset) -> None:
-    """Character set from the source, so GB18030 / UTF-8 names survive; body part for the GSPS series."""
-    if "SpecificCharacterSet" in source:
-        out.SpecificCharacterSet = source.SpecificCharacterSet
+    """Character set from the source, so GB18030 / UTF-8 / ISO 2022 names survive; body part for GSPS."""
+    charset = character_set(source)
+    if charset:
+        out.SpecificCharacterSet = charset
     if "BodyPartExamined" in source and "BodyPartExamined" not in out:
         out.BodyPartExamined = source.BodyPartExamined
 

@@ -14,7 +14,8 @@ from ai.infer import LevelResult
 from ai.labels import LABEL_TEXT, is_abnormal
 from ai.imaging import spine_geometry
 from dicomnode.report.common import (
-    MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, caret_name, contributing_equipment,
+    MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, caret_name, character_set,
+    contributing_equipment,
 )
 from dicomnode import __version__
 
@@ -79,7 +80,8 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
         manufacturer_model_name=MODEL_NAME, software_versions=__version__, device_serial_number="0",
         content_label="AI_SPINE", content_description=f"AI: {n_abn} abnormal disc(s); not physician-verified",
         graphic_annotations=annotations or None, graphic_layers=layers or None,
-        content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version))
+        content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version),
+        specific_character_set=character_set(source))
     pr.SeriesDescription = description
     carry_patient_context(pr, source)
     return pr

@@ -8,7 +8,7 @@ from pydicom.dataset import Dataset
 
 from ai.infer import LevelResult
 from dicomnode.report.common import (
-    MANUFACTURER, SERIES, OutputIds, carry_patient_context, contributing_equipment,
+    MANUFACTURER, SERIES, OutputIds, carry_patient_context, character_set, contributing_equipment,
 )
 from dicomnode.report.preview import render
 
@@ -23,7 +23,7 @@ def build_sc(source: Dataset, pixels: np.ndarray, levels: list[LevelResult], mod
         sop_instance_uid=ids.instance("sc"), instance_number=ids.revision, manufacturer=MANUFACTURER,
         pixel_spacing=tuple(float(v) for v in source.PixelSpacing) if "PixelSpacing" in source else None,
         patient_orientation=("A", "F"), transfer_syntax_uid="1.2.840.10008.1.2.1",
-        contributing_equipment=contributing_equipment(model_version))
+        contributing_equipment=contributing_equipment(model_version), specific_character_set=character_set(source))
     sc.SeriesDescription = description
     sc.ImageComments = "AI marks burned in; not verified by a physician; not for primary diagnosis"
     sc.BurnedInAnnotation = "YES"

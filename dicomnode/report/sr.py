@@ -17,7 +17,8 @@ from ai.infer import LevelResult
 from ai.labels import describe
 from dicomnode.report import codes as C
 from dicomnode.report.common import (
-    ALGORITHM_NAME, MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, contributing_equipment,
+    ALGORITHM_NAME, MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, character_set,
+    contributing_equipment,
 )
 
 
@@ -50,7 +51,9 @@ def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids
     sr = ComprehensiveSR(
         evidence=[source], content=report, series_instance_uid=ids.series("sr"), series_number=number,
         sop_instance_uid=ids.instance("sr"), instance_number=ids.revision, manufacturer=MANUFACTURER,
-        is_complete=True, is_final=False, is_verified=False, contributing_equipment=contributing_equipment(model_version))
+        is_complete=True, is_final=False, is_verified=False,
+        contributing_equipment=contributing_equipment(model_version),
+        specific_character_set=character_set(source))
     sr.SeriesDescription = description
     sr.CodingSchemeIdentificationSequence = C.coding_scheme_identification()
     carry_patient_context(sr, source)

@@ -1,0 +1,109 @@
+"""Concurrent load: K storescu associations at once, N instances each (one study per sender, its sagittal T2
+series analysed by the real model while the others still arrive). Checks that nothing is lost and reports
+throughput and the node's peak memory. Prints JSON.
+
+    .venv/bin/python benchmarks/load.py [--senders 8] [--n 500] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from dicomgen import SeriesSpec, write_series  # noqa: E402
+from peers import DCMTK_ENV, NodeProcess, free_port, write_config  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+
+def make_study(folder: Path, n: int, size: int) -> None:
+    """A sagittal T2 series of 15 slices plus axial slices up to n instances."""
+    study = generate_uid()
+    write_series(folder, SeriesSpec(slices=15, rows=size, cols=size, series_number=1), study)
+    write_series(folder, SeriesSpec(description="T2_TSE_TRA", plane="ax", slices=n - 15, rows=size, cols=size,
+                                    series_number=2), study)
+
+
+def proc_status(pid: int, key: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--senders", type=int, default=8)
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--size", type=int, default=256)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dicomnode-load-"))
+    try:
+        folders = []
+        for k in range(args.senders):
+            folders.append(work / f"study{k}")
+            make_study(folders[-1], args.n, args.size)
+        port = free_port()
+        cfg = write_config(work / "node.toml", work / "node", port,
+                           node={"max_pdu_size": 131072, "fsync": True, "max_associations": args.senders + 4},
+                           scheduler={"study_quiet_seconds": 5, "series_quiet_seconds": 3, "max_wait_seconds": 600})
+        node = NodeProcess(cfg, work / "node.log").start()
+        rss_samples: list[int] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                rss_samples.append(proc_status(node.pid, "VmRSS"))
+                time.sleep(0.5)
+
+        threading.Thread(target=sample, daemon=True).start()
+        try:
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen(["storescu", "-v", "-aec", "DICOMNODE", "--max-pdu", "131072", "+sd", "+r",
+                                       "127.0.0.1", str(port), str(f)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV) for f in folders]
+            acked = [p.communicate(timeout=3600)[0].count("Received Store Response (Success)") for p in procs]
+            receive_s = time.perf_counter() - t0
+            db = work / "node" / "dicomnode.db"
+            deadline = time.time() + 900
+            while time.time() < deadline:
+                con = sqlite3.connect(db)
+                states = dict(con.execute("select state, count(*) from jobs group by state").fetchall())
+                con.close()
+                if sum(states.values()) >= args.senders and set(states) <= {"done", "failed", "no_input"}:
+                    break
+                time.sleep(1)
+            all_done_s = time.perf_counter() - t0
+            con = sqlite3.connect(db)
+            indexed = con.execute("select count(*) from instances").fetchone()[0]
+            con.close()
+            files = sum(1 for _ in (work / "node" / "studies").rglob("*.dcm"))
+            peak = proc_status(node.pid, "VmHWM")
+        finally:
+            stop.set()
+            node.stop()
+        total = args.senders * args.n
+        print(json.dumps({
+            "senders": args.senders, "instances_per_sender": args.n, "matrix": args.size,
+            "acknowledged": sum(acked), "indexed": indexed, "files": files, "lost": total - min(indexed, files),
+            "receive_seconds": round(receive_s, 1), "throughput_img_s": round(sum(acked) / receive_s, 1),
+            "all_jobs_final_seconds": round(all_done_s, 1), "jobs": states,
+            "node_peak_rss_mb": round(peak / 2**20), "node_rss_max_sampled_mb": round(max(rss_samples) / 2**20),
+            "node_rss_after_receive_mb": round(rss_samples[-1] / 2**20) if rss_samples else None,
+        }, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
