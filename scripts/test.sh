@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
-EXTRAS="[test]" bash scripts/install.sh
+EXTRAS="[test,seed]" bash scripts/install.sh
 exec .venv/bin/python -m pytest -q -ra "$@"

@@ -63,9 +63,16 @@ def test_broken_instances_are_refused_or_fail_their_job_and_the_node_stays_up(no
         t = tmp_path / f"trunc{i}.dcm"
         t.write_bytes(m + b[: len(b) - 3000])
         truncated.append(t)
-    statuses = send_raw(node.port, [garbage, *truncated])
+    # A wrong VR length before the UIDs (PatientName claims 60000 bytes): the header cannot be read.
+    m, b = meta_and_body(write_series(tmp_path / "b", SeriesSpec("T2 SAG", slices=1, rows=64, cols=64),
+                                      generate_uid())[0])
+    at = b.index(b"\x10\x00\x10\x00PN")
+    bad_vr = tmp_path / "badvr.dcm"
+    bad_vr.write_bytes(m + b[: at + 6] + (60000).to_bytes(2, "little") + b[at + 8 :])
+    statuses = send_raw(node.port, [garbage, bad_vr, *truncated])
     assert statuses[0] is not None and statuses[0] != 0x0000  # refused, not stored
-    assert statuses[1:] == [0x0000] * 3  # stored as sent: the damage shows when the slice is read
+    assert statuses[1] is not None and statuses[1] != 0x0000
+    assert statuses[2:] == [0x0000] * 3  # stored as sent: the damage shows when the slice is read
     deadline = time.time() + 60
     jobs: list[dict] = []
     while time.time() < deadline:
@@ -105,3 +112,26 @@ def test_selection_header_parsing_accepts_anything(iop, description, echo_time):
 
     weighting, fs = weighting_of(description, H())  # type: ignore[arg-type]
     assert weighting in ("T1", "T2", "STIR", "unknown") and isinstance(fs, bool)
+
+
+@pytest.mark.peers
+def test_uids_with_path_characters_stay_inside_the_store(node_factory, tmp_path: Path):
+    node = node_factory().start()
+    evil = []
+    for i, uid in enumerate(["../../../tmp/evil", "1.2/../../x", "/etc/passwd"]):
+        ds = pydicom.dcmread(write_series(tmp_path / f"e{i}", SeriesSpec("T2 SAG", slices=1, rows=32, cols=32),
+                                          generate_uid())[0])
+        ds.StudyInstanceUID = uid
+        ds.SeriesInstanceUID = uid + ".s"
+        p = tmp_path / f"evil{i}.dcm"
+        ds.save_as(p)
+        evil.append(p)
+    statuses = send_raw(node.port, evil)
+    assert all(s is not None for s in statuses)
+    stored = [p for p in node.data_dir.rglob("*.dcm")]
+    root = node.data_dir.resolve()
+    assert all(p.resolve().is_relative_to(root) for p in stored)
+    assert not (tmp_path.parent / "evil").exists() and not Path("/tmp/evil").exists()
+    assert statuses == [0x0000] * 3 and len(stored) == 3  # accepted, under hashed folder names
+    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
+    assert e.returncode == 0

@@ -43,3 +43,17 @@ def test_training_is_offline(no_network, shared_data, tmp_path):
     train.train_landmarks(items, epochs=1, seed=0, log=lambda m: None)
     train.train_grader(items, epochs=1, seed=0, log=lambda m: None)
     assert no_network == []
+
+
+@pytest.mark.data
+def test_seed_yolo_training_and_inference_are_offline(no_network, shared_data, tmp_path, monkeypatch):
+    """ultralytics checks fonts, versions and telemetry over the network unless told not to."""
+    pytest.importorskip("ultralytics", reason="the optional seed extra is not installed")
+    from ai import seed, train
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    items = train.prepare(train.load_dataset(shared_data)[:4])
+    det = seed.train_detector(items, epochs=1, seed=0, log=lambda m: None)
+    xy, conf = det.locate(items[0].img01)
+    assert xy.shape == (11, 2) and np.isfinite(xy).all() and conf.shape == (11,)
+    assert no_network == []
