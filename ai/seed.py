@@ -32,12 +32,12 @@ def offline_ultralytics(cache: Path | None = None) -> Any:
     """Import ultralytics with everything that would reach the internet switched off."""
     global _prepared
     if not _prepared:
-        cfg_dir = Path(cache or Path(tempfile.gettempdir()) / "dicomnode-ultralytics")
+        default = Path(cache or Path(tempfile.gettempdir()) / "dicomnode-ultralytics")
+        cfg_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(default)))
         cfg_dir.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(cfg_dir))
         os.environ["YOLO_OFFLINE"] = "1"
         os.environ["YOLO_AUTOINSTALL"] = "false"
-        font = Path(os.environ["YOLO_CONFIG_DIR"]) / "Arial.ttf"
+        font = cfg_dir / "Arial.ttf"
         if not font.exists():
             import matplotlib
 

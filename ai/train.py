@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ai.calibrate import calibration_error
 from ai.data import Study, load_dataset, target_array
 from ai.decide import Decision
 from ai.evaluate import StudyResult, evaluate
@@ -305,6 +306,8 @@ def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_e
                 "mean_error_mm", "all_levels_hit"]
         report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in keys}
         report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
+        # Expected calibration error of the grader's confidences on held-out folds (what the SR reports).
+        report["calibration_ece_oof"] = calibration_error([it.study for it in items], oof)
         final_decision = tune_decision(items, oof)
         report["decision"] = final_decision.to_dict()
         report["cv_pooled_tuned_in_sample"] = evaluate(results_for(items, oof, final_decision))

@@ -80,7 +80,7 @@ def main() -> None:
                 con = sqlite3.connect(db)
                 states = dict(con.execute("select state, count(*) from jobs group by state").fetchall())
                 con.close()
-                if sum(states.values()) >= args.senders and set(states) <= {"done", "failed", "no_input"}:
+                if sum(states.values()) >= args.senders and set(states) <= {"done", "failed", "no_input", "superseded"}:
                     break
                 time.sleep(1)
             all_done_s = time.perf_counter() - t0

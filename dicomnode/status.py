@@ -59,7 +59,8 @@ def collect(cfg: Config) -> dict[str, Any]:
         "service": {"up": service.get("up", False), "pid": service.get("pid") if service.get("up") else None,
                     "since": service.get("started") if service.get("up") else None,
                     "model_version": service.get("model")},
-        "ae_title": cfg.node.ae_title, "port": cfg.node.port, "data_dir": str(data),
+        "ae_title": cfg.node.ae_title, "port": cfg.node.port if cfg.tls.plain else None,
+        "tls_port": cfg.tls.port or None, "data_dir": str(data),
         "disk_free_bytes": shutil.disk_usage(disk_root).free,
         "min_free_bytes": cfg.node.min_free_bytes,
         "instances": 0, "studies": 0, "jobs": {s.value: 0 for s in JobState},
@@ -93,7 +94,8 @@ def render(f: dict[str, Any]) -> str:
     up = f"UP since {_ago(svc['since'])} (pid {svc['pid']})" if svc["up"] else "DOWN"
     lines = [
         f"dicomnode  {up}",
-        f"  AE {f['ae_title']}  port {f['port']}  model {svc.get('model_version') or '-'}",
+        f"  AE {f['ae_title']}  port {f['port'] or '-'}  TLS port {f['tls_port'] or '-'}"
+        f"  model {svc.get('model_version') or '-'}",
         f"  data {f['data_dir']}  disk free {f['disk_free_bytes'] / 1e9:.1f} GB"
         + ("  LOW: refusing stores" if f["disk_free_bytes"] < f["min_free_bytes"] else ""),
         f"  stored {f['instances']} instances in {f['studies']} studies",
