@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
-from dicomgen import SeriesSpec, make_instance, phantom, write_series
+from dicomgen import SeriesSpec, make_instance, phantom
 from peers import DCMTK_ENV, DICOMNODE, storescu, successes
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -90,8 +91,6 @@ def signed_study(folder: Path) -> list[Path]:
     img = (phantom(256, 256).astype(np.int32) - 1000).astype(np.int16)  # negative background
     paths = sag_t2(folder, SeriesSpec("T2 SAG", slices=3))
     for p in paths:
-        import pydicom
-
         ds = pydicom.dcmread(p)
         ds.PixelRepresentation = 1
         ds.PixelData = img.tobytes()
@@ -124,8 +123,6 @@ def test_odd_inputs_end_in_clear_states(node_factory, tmp_path: Path):
         files = make(tmp_path / name)
         r = storescu(node.port, files)
         assert successes(r.stdout + r.stderr) == len(files), (name, r.stdout[-1500:] + r.stderr[-1500:])
-        import pydicom
-
         studies[str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)] = name
 
     def by_study() -> dict[str, dict]:
