@@ -170,5 +170,12 @@ def storescu(port: int, files: list[Path] | Path, aet: str = "STORESCU", aec: st
     return subprocess.run(cmd + paths, capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
 
 
+def echo_ok(port: int) -> bool:
+    """DCMTK echoscu to the node: the 'still answers' check after every fault."""
+    r = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(port)], capture_output=True, env=DCMTK_ENV,
+                       timeout=60)
+    return r.returncode == 0
+
+
 def successes(proc_output: str) -> int:
     return proc_output.count("Received Store Response (Success)")

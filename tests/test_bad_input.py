@@ -12,7 +12,7 @@ import pytest
 from dicomgen import SeriesSpec, write_series
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from peers import DCMTK_ENV, DICOMNODE
+from peers import DICOMNODE, echo_ok
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import MRImageStorage
@@ -83,8 +83,7 @@ def test_broken_instances_are_refused_or_fail_their_job_and_the_node_stays_up(no
             break
         time.sleep(0.5)
     assert jobs[0]["state"] == "failed" and jobs[0]["reason_code"] == "unreadable_pixels", jobs
-    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
-    assert e.returncode == 0
+    assert echo_ok(node.port)
 
 
 @settings(max_examples=300, deadline=None)
@@ -133,5 +132,4 @@ def test_uids_with_path_characters_stay_inside_the_store(node_factory, tmp_path:
     assert all(p.resolve().is_relative_to(root) for p in stored)
     assert not (tmp_path.parent / "evil").exists() and not Path("/tmp/evil").exists()
     assert statuses == [0x0000] * 3 and len(stored) == 3  # accepted, under hashed folder names
-    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
-    assert e.returncode == 0
+    assert echo_ok(node.port)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from dicomgen import SeriesSpec, write_series
-from peers import DCMTK_ENV, DICOMNODE, storescu, successes
+from peers import DICOMNODE, echo_ok, storescu, successes
 from pydicom.uid import generate_uid
 
 pytestmark = [pytest.mark.peers, pytest.mark.faults]
@@ -44,8 +44,7 @@ def test_kill9_during_jobs_results_exactly_once(node_factory, orthanc_factory, t
         found = pacs.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study}})
         classes = sorted(pacs.get(f"/instances/{i}/simplified-tags")["SOPClassUID"] for i in found)
         assert classes.count(SR) == 1 and classes.count(GSPS) == 1, classes
-    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
-    assert e.returncode == 0
+    assert echo_ok(node.port)
 
 
 def test_pacs_down_for_a_minute_then_back(node_factory, tmp_path: Path):
@@ -73,9 +72,7 @@ def test_pacs_down_for_a_minute_then_back(node_factory, tmp_path: Path):
 
         while time.time() - down_at < 60:
             time.sleep(2)
-            e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV,
-                               timeout=60)
-            assert e.returncode == 0  # the node answers throughout
+            assert echo_ok(node.port)  # the node answers throughout
         assert job().get("state") == "sending"  # still trying, not given up
         pacs.start()
         deadline = time.time() + 120  # the next back-off step is at most 64 s away

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicomgen import SeriesSpec, write_series
-from peers import DCMTK_ENV, storescu, successes
+from peers import DCMTK_ENV, echo_ok, storescu, successes
 from pydicom.uid import generate_uid
 
 pytestmark = [pytest.mark.peers, pytest.mark.faults]
@@ -93,8 +93,7 @@ def test_database_write_locked_by_another_process(node_factory, tmp_path: Path):
     con = sqlite3.connect(db)
     assert con.execute("select count(*) from instances").fetchone()[0] == len(files)
     con.close()
-    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
-    assert e.returncode == 0
+    assert echo_ok(node.port)
 
 
 def test_ten_restarts_in_a_row_under_traffic(node_factory, tmp_path: Path):
@@ -130,5 +129,4 @@ def test_ten_restarts_in_a_row_under_traffic(node_factory, tmp_path: Path):
     r = storescu(node.port, files)
     assert successes(r.stdout + r.stderr) == len(files)
     assert list((node.data_dir / "tmp").iterdir()) == []
-    e = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)], env=DCMTK_ENV, timeout=60)
-    assert e.returncode == 0
+    assert echo_ok(node.port)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
 from dicomgen import SeriesSpec, write_series
-from peers import DCMTK_ENV, storescu, successes
+from peers import echo_ok, storescu, successes
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -34,12 +33,6 @@ def closed_after(sock: socket.socket, limit: float) -> float:
     except ConnectionResetError:
         pass
     return time.monotonic() - t0
-
-
-def echo_ok(port: int) -> bool:
-    r = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(port)], capture_output=True,
-                       env=DCMTK_ENV, timeout=60)
-    return r.returncode == 0
 
 
 def test_idle_associations_and_silent_connections_are_closed(node_factory):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from dicomgen import SeriesSpec, write_series
 from peers import DCMTK_ENV, DICOMNODE, Orthanc, free_port, storescu, successes, write_config
 from pki import make_ca, make_leaf
 from pydicom.uid import generate_uid
+from test_receive import db_rows
 
 from dicomnode.config import load_config
 from dicomnode.scu import store
@@ -39,11 +39,7 @@ def tls_section(pki: dict[str, Path], port: int, **kw: object) -> dict[str, obje
 
 
 def stored(node) -> int:
-    con = sqlite3.connect(node.data_dir / "dicomnode.db")
-    try:
-        return con.execute("select count(*) from instances").fetchone()[0]
-    finally:
-        con.close()
+    return db_rows(node, "select count(*) from instances")[0][0]
 
 
 def test_storescu_over_tls_is_accepted_and_everything_else_is_not(node_factory, pki, tmp_path):
