@@ -70,12 +70,12 @@ class Analyzer:
         if meta.get("detector") == "yolo":
             from ai.seed import SeedDetector
 
-            lm = SeedDetector.build({k: v.float() for k, v in load_file(folder / "detector.safetensors").items()})
+            lm = SeedDetector.build(_weights(folder / "detector.safetensors"))
         else:
             lm = LandmarkNet(meta.get("width", 16))
-            lm.load_state_dict({k: v.float() for k, v in load_file(folder / "landmarks.safetensors").items()})
+            lm.load_state_dict(_weights(folder / "landmarks.safetensors"))
         gr = Grader(meta.get("grader_arch", "resnet18"))
-        gr.load_state_dict({k: v.float() for k, v in load_file(folder / "grader.safetensors").items()})
+        gr.load_state_dict(_weights(folder / "grader.safetensors"))
         return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, pick_device(device))
 
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
@@ -116,6 +116,11 @@ class Analyzer:
             out.append(LevelResult(level, level_kind(level), float(xy[i, 0]), float(xy[i, 1]), labels, conf,
                                    float(loc[i])))
         return out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    """fp16 on disk (small files), fp32 in memory (CPU inference)."""
+    return {k: v.float() for k, v in load_file(path).items()}
 
 
 def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None) -> torch.Tensor:
