@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
+from ai.labels import DISC_MAIN_LABELS, LEVELS, VERTEBRA_LABELS, level_kind
 from ai.models import DISC, V5, VERT
 
 TEMPS = np.exp(np.linspace(np.log(0.3), np.log(5.0), 60))
@@ -37,9 +37,9 @@ def examples(studies: list[Any], preds: list[dict]) -> dict[str, tuple[np.ndarra
             if point is None or not point.labels:
                 continue
             if level_kind(level) == "vertebra":
-                if point.labels[0] in ("v1", "v2"):
+                if point.labels[0] in VERTEBRA_LABELS:
                     vp.append(probs[i, VERT])
-                    vt.append(("v1", "v2").index(point.labels[0]))
+                    vt.append(VERTEBRA_LABELS.index(point.labels[0]))
             else:
                 main = [lab for lab in point.labels if lab in DISC_MAIN_LABELS]
                 if main:

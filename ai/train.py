@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ai.calibrate import calibration_error
+from ai.calibrate import calibration_error, fit_temperatures
 from ai.data import Study, load_dataset, target_array
 from ai.decide import Decision
 from ai.evaluate import StudyResult, evaluate
@@ -306,8 +306,17 @@ def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_e
                 "mean_error_mm", "all_levels_hit"]
         report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in keys}
         report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
-        # Expected calibration error of the grader's confidences on held-out folds (what the SR reports).
-        report["calibration_ece_oof"] = calibration_error([it.study for it in items], oof)
+        # Expected calibration error of the grader's confidences on held-out folds (what the SR reports), and
+        # with per-head temperatures fitted on the other folds: the evidence for shipping them or not.
+        studies = [it.study for it in items]
+        report["calibration_ece_oof"] = calibration_error(studies, oof)
+        scaled = []
+        for val in splits:
+            others = [i for i in range(len(items)) if i not in set(val)]
+            temps = fit_temperatures([studies[i] for i in others], [oof[i] for i in others])
+            scaled.append(calibration_error([studies[i] for i in val], [oof[i] for i in val], temps))
+        report["calibration_ece_temperature_nested"] = {
+            head: round(float(np.mean([s[head] for s in scaled])), 4) for head in scaled[0]}
         final_decision = tune_decision(items, oof)
         report["decision"] = final_decision.to_dict()
         report["cv_pooled_tuned_in_sample"] = evaluate(results_for(items, oof, final_decision))
