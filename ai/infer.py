@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ai.decide import Decision
-from ai.imaging import Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
+from ai.imaging import INPUT_SIZE, Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
 from ai.labels import LEVELS, level_kind
-from ai.models import CROP_SIZE, CROP_SPACINGS, DISC, V5, VERT, Grader, LandmarkNet, decode_heatmaps
+from ai.models import CROP_SIZE, CROP_SPACINGS, DISC, V5, VERT, Grader, decode_heatmaps, landmark_model
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 
@@ -72,7 +72,7 @@ class Analyzer:
 
             lm = SeedDetector.build(_weights(folder / "detector.safetensors"))
         else:
-            lm = LandmarkNet(meta.get("width", 16))
+            lm = landmark_model(meta.get("width", 16), meta.get("members", 1))
             lm.load_state_dict(_weights(folder / "landmarks.safetensors"))
         gr = Grader(meta.get("grader_arch", "resnet18"))
         gr.load_state_dict(_weights(folder / "grader.safetensors"))
@@ -80,7 +80,7 @@ class Analyzer:
 
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        half = lambda sd: {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}  # noqa: E731
+        half = lambda sd: {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}  # noqa: E731
         name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"
         save_file(half(self.landmarks.state_dict()), folder / name)
         save_file(half(self.grader.state_dict()), folder / "grader.safetensors")
@@ -92,15 +92,17 @@ class Analyzer:
         """(11, 2) xy in slice pixels and (11,) localisation confidence."""
         if hasattr(self.landmarks, "locate"):  # the seed's YOLO detector
             return self.landmarks.locate(img01)
-        box = Letterbox.fit(*img01.shape)
-        x = letterbox_tensor(img01, box)[None].to(self.device)
+        size = int(self.meta.get("input_size", INPUT_SIZE))
+        box = Letterbox.fit(*img01.shape, size=size)
+        x = letterbox_tensor(img01, box, size)[None].to(self.device)
         xy, conf = decode_heatmaps(self.landmarks(x).float().cpu())
         return box.to_image(xy[0].numpy()), conf[0].numpy()
 
     @torch.inference_mode()
     def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
         """(11, 7) probabilities: vertebra softmax | disc softmax | v5 sigmoid."""
-        crops = level_crops(torch.from_numpy(img01)[None], xy).to(self.device)
+        size = int(self.meta.get("crop_size", CROP_SIZE))
+        crops = level_crops(torch.from_numpy(img01)[None], xy, size=size).to(self.device)
         logits = self.grader(crops, torch.arange(len(LEVELS), device=self.device)).float().cpu()
         return grade_probs(logits).numpy()
 
@@ -123,7 +125,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in load_file(path).items()}
 
 
-def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None) -> torch.Tensor:
+def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None, size: int = CROP_SIZE) -> torch.Tensor:
     """(11, 1, CROP, CROP) crops along the spine, sized by the local level spacing and turned upright."""
     axis, spacing = spine_geometry(xy)
     side = np.maximum(spacing * CROP_SPACINGS, 16.0)
@@ -137,7 +139,7 @@ def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None) -
         side = side * rng.uniform(1 - jitter["scale"], 1 + jitter["scale"], n)
         centre = centre + rng.normal(0, jitter["shift"], (n, 2)) * spacing[:, None]
     return crop_patch(img.float(), torch.from_numpy(centre).float(), torch.from_numpy(axis).float(),
-                      torch.from_numpy(side).float(), CROP_SIZE)
+                      torch.from_numpy(side).float(), size)
 
 
 def grade_probs(logits: torch.Tensor) -> torch.Tensor:

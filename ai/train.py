@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +23,24 @@ from ai.evaluate import StudyResult, evaluate
 from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
 from ai.infer import Analyzer, level_crops
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
-from ai.models import DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet
+from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet, landmark_model
 
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a model apart from the data and the seed; recorded in cv.json and model.json."""
+
+    lm_epochs: int = 45
+    gr_epochs: int = 15
+    zoom: tuple[float, float] = (0.85, 1.2)
+    detector: str = "heatmap"  # or "yolo", the seed report's
+    grader_arch: str = "resnet18"
+    width: int = 16  # landmark net channels at stride 2
+    input_size: int = INPUT_SIZE  # landmark net input side
+    crop_size: int = CROP_SIZE  # grader crop side
+    members: int = 1  # landmark nets trained from different seeds and averaged
 
 
 @dataclass
@@ -39,14 +54,14 @@ class Item:
     mask: np.ndarray  # (11,) present
 
 
-def prepare(studies: list[Study]) -> list[Item]:
+def prepare(studies: list[Study], input_size: int = INPUT_SIZE) -> list[Item]:
     items = []
     for s in studies:
         pixels, spacing = s.load()
         img = normalise(pixels)
-        box = Letterbox.fit(*img.shape)
+        box = Letterbox.fit(*img.shape, size=input_size)
         xy, mask = target_array(s)
-        items.append(Item(s, img, spacing, letterbox_tensor(img, box), box, xy, mask))
+        items.append(Item(s, img, spacing, letterbox_tensor(img, box, input_size), box, xy, mask))
     return items
 
 
@@ -59,13 +74,15 @@ def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator,
     scale = rng.uniform(*zoom, n)  # >1 zooms in
     shift = rng.uniform(-0.1, 0.1, (n, 2))
     cos, sin = np.cos(ang) / scale, np.sin(ang) / scale
-    a = torch.tensor(np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1), dtype=torch.float32)
-    t = torch.tensor(shift, dtype=torch.float32)
+    dev = x.device
+    a = torch.tensor(np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1), dtype=torch.float32,
+                     device=dev)
+    t = torch.tensor(shift, dtype=torch.float32, device=dev)
     theta = torch.cat([a, t[:, :, None]], 2)
     grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    gamma = torch.tensor(rng.uniform(0.7, 1.4, n), dtype=torch.float32).view(n, 1, 1, 1)
-    gain = torch.tensor(rng.uniform(0.8, 1.2, n), dtype=torch.float32).view(n, 1, 1, 1)
+    gamma = torch.tensor(rng.uniform(0.7, 1.4, n), dtype=torch.float32, device=dev).view(n, 1, 1, 1)
+    gain = torch.tensor(rng.uniform(0.8, 1.2, n), dtype=torch.float32, device=dev).view(n, 1, 1, 1)
     x = (x.clamp(0, 1) ** gamma * gain).clamp(0, 1)
     norm = (pts + 0.5) / s * 2 - 1  # input normalised coords
     out = torch.linalg.solve(a, (norm - t[:, None, :]).transpose(1, 2)).transpose(1, 2)
@@ -76,8 +93,8 @@ def _heatmap_loss(logits: torch.Tensor, pts: torch.Tensor, mask: torch.Tensor, s
     """Cross-entropy of the spatial softmax against a normalised Gaussian at each landmark."""
     n, k, h, w = logits.shape
     c = (pts - (HEATMAP_STRIDE - 1) / 2) / HEATMAP_STRIDE
-    ys = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
-    xs = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
+    ys = torch.arange(h, dtype=torch.float32, device=logits.device).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32, device=logits.device).view(1, 1, 1, w)
     g = torch.exp(-((xs - c[..., 0, None, None]) ** 2 + (ys - c[..., 1, None, None]) ** 2) / (2 * sigma**2))
     g = g / g.flatten(2).sum(-1).clamp_min(1e-9)[..., None, None]
     inside = (c[..., 0] >= 0) & (c[..., 0] < w) & (c[..., 1] >= 0) & (c[..., 1] < h)
@@ -87,24 +104,24 @@ def _heatmap_loss(logits: torch.Tensor, pts: torch.Tensor, mask: torch.Tensor, s
 
 
 def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, width: int = 16,
-                    zoom: tuple[float, float] = (0.85, 1.2)) -> LandmarkNet:
+                    zoom: tuple[float, float] = (0.85, 1.2), device: str = "cpu") -> LandmarkNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = LandmarkNet(width)
+    net = LandmarkNet(width).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     bs = 8
     steps = epochs * math.ceil(len(items) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
-    x_all = torch.stack([it.net_in for it in items])
-    p_all = torch.tensor(np.stack([it.box.to_input(it.xy) for it in items]), dtype=torch.float32)
-    m_all = torch.tensor(np.stack([it.mask for it in items]))
+    x_all = torch.stack([it.net_in for it in items]).to(device)
+    p_all = torch.tensor(np.stack([it.box.to_input(it.xy) for it in items]), dtype=torch.float32, device=device)
+    m_all = torch.tensor(np.stack([it.mask for it in items]), device=device)
     for epoch in range(epochs):
         net.train()
         order = rng.permutation(len(items))
         total = 0.0
         t0 = time.time()
         for b in range(0, len(order), bs):
-            idx = torch.from_numpy(order[b : b + bs])
+            idx = torch.from_numpy(order[b : b + bs]).to(device)
             x, pts = _augment(x_all[idx], p_all[idx], rng, zoom)
             loss = _heatmap_loss(net(x), pts, m_all[idx])
             opt.zero_grad()
@@ -138,16 +155,17 @@ def _grade_targets(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch
     return t(vert), t(disc), t(v5), present
 
 
-def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str = "resnet18") -> Grader:
+def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str = "resnet18",
+                 crop_size: int = CROP_SIZE, device: str = "cpu") -> Grader:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = Grader(arch)
+    net = Grader(arch).to(device)
     vert, disc, v5, present = _grade_targets(items)
     counts = torch.bincount(disc[disc >= 0], minlength=4).float()
     disc_w = (counts.sum() / counts.clamp_min(1)) ** 0.5
-    disc_w = disc_w / disc_w.mean()
+    disc_w = (disc_w / disc_w.mean()).to(device)
     v5_pos = ((v5 == 1).sum() / (v5 >= 0).sum().clamp_min(1)).clamp_min(1e-3)
-    pos_weight = ((1 - v5_pos) / v5_pos) ** 0.5
+    pos_weight = (((1 - v5_pos) / v5_pos) ** 0.5).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     per_epoch = math.ceil(len(items) / 6)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs * per_epoch, pct_start=0.2)
@@ -166,13 +184,13 @@ def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str 
                 xy = it.xy.copy()
                 if not it.mask.all():  # fill a missing point between its neighbours so geometry stays sane
                     xy = _fill_missing(xy, it.mask)
-                c = level_crops(torch.from_numpy(it.img01)[None], xy, jitter)
+                c = level_crops(torch.from_numpy(it.img01)[None], xy, jitter, crop_size)
                 g = torch.tensor(rng.uniform(0.75, 1.35), dtype=torch.float32)
                 crops.append((c.clamp(0, 1) ** g) * float(rng.uniform(0.85, 1.15)))
                 lv.append(levels)
                 tv.append(vert[i]); td.append(disc[i]); t5.append(v5[i])  # noqa: E702
-            logits = net(torch.cat(crops), torch.cat(lv))
-            tv, td, t5 = torch.cat(tv), torch.cat(td), torch.cat(t5)
+            logits = net(torch.cat(crops).to(device), torch.cat(lv).to(device))
+            tv, td, t5 = torch.cat(tv).to(device), torch.cat(td).to(device), torch.cat(t5).to(device)
             loss = logits.new_zeros(())
             if (tv >= 0).any():
                 loss = loss + F.cross_entropy(logits[tv >= 0][:, VERT], tv[tv >= 0], label_smoothing=0.05)
@@ -253,39 +271,86 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def fit(items: list[Item], lm_epochs: int, gr_epochs: int, seed: int, log: Log,
-        zoom: tuple[float, float] = (0.85, 1.2), detector: str = "heatmap", grader_arch: str = "resnet18") -> Analyzer:
-    meta: dict[str, Any] = {"width": 16, "input_size": INPUT_SIZE, "grader_arch": grader_arch}
+def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "cpu") -> Analyzer:
+    meta: dict[str, Any] = {"width": recipe.width, "input_size": recipe.input_size, "crop_size": recipe.crop_size,
+                            "members": recipe.members, "grader_arch": recipe.grader_arch}
     lm: Any
-    if detector == "yolo":
+    if recipe.detector == "yolo":
         from ai.seed import IMGSZ, train_detector
 
-        lm = train_detector(items, lm_epochs, seed, log)
-        meta.update(detector="yolo", input_size=IMGSZ)
+        lm = train_detector(items, recipe.lm_epochs, seed, log)
+        meta.update(detector="yolo", input_size=IMGSZ, members=1)
     else:
-        lm = train_landmarks(items, lm_epochs, seed, log, zoom=zoom)
-    gr = train_grader(items, gr_epochs, seed, log, grader_arch)
-    return Analyzer(lm, gr, Decision(), meta, torch.device("cpu"))
+        nets = [train_landmarks(items, recipe.lm_epochs, seed + 1000 * j, log, recipe.width, recipe.zoom, device)
+                for j in range(recipe.members)]
+        lm = nets[0] if recipe.members == 1 else landmark_model(recipe.width, recipe.members)
+        if recipe.members > 1:
+            lm.members = torch.nn.ModuleList(nets)
+    gr = train_grader(items, recipe.gr_epochs, seed, log, recipe.grader_arch, recipe.crop_size, device)
+    return Analyzer(lm, gr, Decision(), meta, torch.device(device))
 
 
-def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_epochs: int = 15,
-        seed: int = 0, final: bool = True, log: Log = print,
-        zoom: tuple[float, float] = (0.85, 1.2), detector: str = "heatmap",
-        grader_arch: str = "resnet18") -> dict[str, Any]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+METRIC_KEYS = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
+               "mean_error_mm", "all_levels_hit"]
+
+
+def summarise(items: list[Item], oof: list[dict], splits: list[np.ndarray]) -> dict[str, Any]:
+    """CV figures from out-of-fold predictions: each fold scored with a decision tuned on the other folds."""
+    report: dict[str, Any] = {}
+    per_fold = []
+    for val in splits:
+        others = [i for i in range(len(items)) if i not in set(val)]
+        dec = tune_decision([items[i] for i in others], [oof[i] for i in others])
+        m = evaluate(results_for([items[i] for i in val], [oof[i] for i in val], dec))
+        m["decision"] = dec.to_dict()
+        per_fold.append(m)
+    report["per_fold"] = per_fold
+    report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in METRIC_KEYS}
+    report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
+    # Expected calibration error of the grader's confidences on held-out folds (what the SR reports), and with
+    # per-head temperatures fitted on the other folds: the evidence for shipping them or not.
+    studies = [it.study for it in items]
+    report["calibration_ece_oof"] = calibration_error(studies, oof)
+    scaled = []
+    for val in splits:
+        others = [i for i in range(len(items)) if i not in set(val)]
+        temps = fit_temperatures([studies[i] for i in others], [oof[i] for i in others])
+        scaled.append(calibration_error([studies[i] for i in val], [oof[i] for i in val], temps))
+    report["calibration_ece_temperature_nested"] = {
+        head: round(float(np.mean([sc[head] for sc in scaled])), 4) for head in scaled[0]}
+    final_decision = tune_decision(items, oof)
+    report["decision"] = final_decision.to_dict()
+    report["cv_pooled_tuned_in_sample"] = evaluate(results_for(items, oof, final_decision))
+    return report
+
+
+def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5, seed: int = 0,
+        final: bool = True, log: Log = print, device: str = "cpu") -> dict[str, Any]:
+    """The final fit comes first, so a run cut short still leaves a usable model; its decision rule is written
+    once the folds have been scored."""
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    items = prepare(load_dataset(data_dir))
+    items = prepare(load_dataset(data_dir), recipe.input_size)
     log(f"{len(items)} studies loaded")
-    report: dict[str, Any] = {"folds": folds, "landmark_epochs": lm_epochs, "grader_epochs": gr_epochs,
-                              "seed": seed, "zoom": list(zoom), "detector": detector, "grader_arch": grader_arch,
+    report: dict[str, Any] = {"folds": folds, "seed": seed, "recipe": asdict(recipe),
+                              "landmark_epochs": recipe.lm_epochs, "grader_epochs": recipe.gr_epochs,
+                              "detector": recipe.detector, "grader_arch": recipe.grader_arch, "device": device,
                               "per_fold": []}
+    final_model = None
+    if final:
+        t0 = time.time()
+        final_model = fit(items, recipe, seed + 100, log, device)
+        report["final_fit_seconds"] = round(time.time() - t0)
+        final_model.meta["version"] = time.strftime("%Y%m%d")
+        final_model.save(out_dir, {"cv_mean": None, "trained_on": len(items)})
     oof: list[dict | None] = [None] * len(items)
     splits = folds_of(len(items), folds, seed) if folds > 1 else []
     for k, val in enumerate(splits):
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
-        model = fit(train, lm_epochs, gr_epochs, seed + k, log, zoom, detector, grader_arch)
+        model = fit(train, recipe, seed + k, log, device)
         model.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
         preds = predict(model, [items[i] for i in val])
         for i, p in zip(val, preds):
@@ -293,42 +358,12 @@ def run(data_dir: Path, out_dir: Path, folds: int = 5, lm_epochs: int = 40, gr_e
         log(f"fold {k + 1}/{folds} trained in {time.time() - t0:.0f}s")
         (out_dir / "oof.json").write_text(json.dumps([o for o in oof if o is not None]))
     if splits:
-        per_fold = []
-        for k, val in enumerate(splits):
-            others = [i for i in range(len(items)) if i not in set(val)]
-            dec = tune_decision([items[i] for i in others], [oof[i] for i in others])
-            m = evaluate(results_for([items[i] for i in val], [oof[i] for i in val], dec))
-            m["decision"] = dec.to_dict()
-            per_fold.append(m)
-            log(f"fold {k + 1}: macro-F1 {m['tianchi_macro_f1']} within 6 mm {m['within_6mm']}")
-        report["per_fold"] = per_fold
-        keys = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
-                "mean_error_mm", "all_levels_hit"]
-        report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in keys}
-        report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
-        # Expected calibration error of the grader's confidences on held-out folds (what the SR reports), and
-        # with per-head temperatures fitted on the other folds: the evidence for shipping them or not.
-        studies = [it.study for it in items]
-        report["calibration_ece_oof"] = calibration_error(studies, oof)
-        scaled = []
-        for val in splits:
-            others = [i for i in range(len(items)) if i not in set(val)]
-            temps = fit_temperatures([studies[i] for i in others], [oof[i] for i in others])
-            scaled.append(calibration_error([studies[i] for i in val], [oof[i] for i in val], temps))
-        report["calibration_ece_temperature_nested"] = {
-            head: round(float(np.mean([s[head] for s in scaled])), 4) for head in scaled[0]}
-        final_decision = tune_decision(items, oof)
-        report["decision"] = final_decision.to_dict()
-        report["cv_pooled_tuned_in_sample"] = evaluate(results_for(items, oof, final_decision))
-    else:
-        final_decision = Decision()
-    if final:
-        t0 = time.time()
-        model = fit(items, lm_epochs, gr_epochs, seed + 100, log, zoom, detector, grader_arch)
-        model.decision = final_decision
-        report["final_fit_seconds"] = round(time.time() - t0)
-        model.meta["version"] = time.strftime("%Y%m%d")
-        model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items)})
+        report.update(summarise(items, [o for o in oof if o is not None], splits))
+        for k, m in enumerate(report["per_fold"], 1):
+            log(f"fold {k}: macro-F1 {m['tianchi_macro_f1']} within 6 mm {m['within_6mm']}")
+    if final_model is not None:
+        final_model.decision = Decision.from_dict(report.get("decision", Decision().to_dict()))
+        final_model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items)})
     report["total_seconds"] = round(time.time() - t_start)
     report["torch_threads"] = torch.get_num_threads()
     (out_dir / "cv.json").write_text(json.dumps(report, indent=2) + "\n")

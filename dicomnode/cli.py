@@ -119,12 +119,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ai.train import run
+    from ai.infer import pick_device
+    from ai.train import Recipe, run
 
-    report = run(Path(args.data), Path(args.out), folds=args.folds, lm_epochs=args.landmark_epochs,
-                 gr_epochs=args.grader_epochs, seed=args.seed, final=not args.no_final,
-                 log=lambda m: print(m, file=sys.stderr, flush=True), detector=args.detector,
-                 grader_arch=args.grader_arch)
+    recipe = Recipe(lm_epochs=args.landmark_epochs, gr_epochs=args.grader_epochs, detector=args.detector,
+                    grader_arch=args.grader_arch, width=args.width, input_size=args.input_size,
+                    crop_size=args.crop_size, members=args.members)
+    report = run(Path(args.data), Path(args.out), recipe, folds=args.folds, seed=args.seed,
+                 final=not args.no_final, log=lambda m: print(m, file=sys.stderr, flush=True),
+                 device=str(pick_device(args.device)))
     print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
     return 0
 
@@ -177,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="heatmap = the default model; yolo = the seed report's detector (needs the seed extra)")
     sp.add_argument("--grader-arch", choices=("resnet18", "resnet50"), default="resnet18")
     sp.add_argument("--grader-epochs", type=int, default=15)
+    sp.add_argument("--width", type=int, default=16, help="landmark net channels at stride 2")
+    sp.add_argument("--input-size", type=int, default=256, help="landmark net input side, pixels")
+    sp.add_argument("--crop-size", type=int, default=64, help="grader crop side, pixels")
+    sp.add_argument("--members", type=int, default=1, help="landmark nets averaged (an ensemble of seeds)")
+    sp.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-final", action="store_true", help="skip the final fit on all data")
     return p

@@ -1,12 +1,16 @@
-"""Builds DICOM test studies with real-world header variants (no patient data; names are invented)."""
+"""Builds DICOM test studies with real-world header variants (no patient data; names are invented), and
+subsets of the annotated data."""
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -159,3 +163,16 @@ def write_in_syntax(path: Path, syntax: UID, study_uid: str) -> Path:
         ds.file_meta.TransferSyntaxUID = syntax
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def data_subset(shared_data: Path, folder: Path, n: int) -> Path:
+    """The first n annotated studies as a dataset of their own (annotation JSON + the matching images)."""
+    ann = json.loads(next(shared_data.glob("*_annotation.json")).read_text())[:n]
+    (folder / "images").mkdir(parents=True)
+    (folder / "sub_annotation.json").write_text(json.dumps(ann))
+    wanted = {entry["data"][0]["instanceUid"] for entry in ann}
+    for f in shared_data.glob("images/*/*.dcm"):
+        uid = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+        if uid in wanted:
+            shutil.copy(f, folder / "images" / f"{uid}.dcm")
+    return folder

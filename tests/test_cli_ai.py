@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
-from dicomgen import SeriesSpec, write_series
+from dicomgen import SeriesSpec, data_subset, write_series
 from peers import DICOMNODE
 from pydicom.uid import generate_uid
 
@@ -46,15 +45,7 @@ def test_analyze_without_sagittal_t2_says_why(tmp_path: Path):
 
 @pytest.mark.data
 def test_evaluate_json_contract_on_a_subset(shared_data: Path, tmp_path: Path):
-    ann = json.loads(next(shared_data.glob("*_annotation.json")).read_text())[:8]
-    (tmp_path / "images").mkdir()
-    (tmp_path / "sub_annotation.json").write_text(json.dumps(ann))
-    for entry in ann:  # the matching images, found by SOP Instance UID
-        uid = entry["data"][0]["instanceUid"]
-        for f in shared_data.glob("images/*/*.dcm"):
-            if pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID == uid:
-                shutil.copy(f, tmp_path / "images" / f"{uid}.dcm")
-                break
+    data_subset(shared_data, tmp_path, 8)
     r = run("evaluate", "--data", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
