@@ -47,10 +47,10 @@ def pick_device(name: str = "auto") -> torch.device:
 class Analyzer:
     """Landmark net + grader + decision rule, loaded once."""
 
-    def __init__(self, landmarks: Any, grader: Grader, decision: Decision, meta: dict,
+    def __init__(self, landmarks: Any, grader: Grader | None, decision: Decision, meta: dict,
                  device: torch.device) -> None:
         self.landmarks = landmarks.to(device).eval()
-        self.grader = grader.to(device).eval()
+        self.grader = grader.to(device).eval() if grader is not None else None  # None: a locating-only member
         self.decision = decision
         self.meta = meta
         self.device = device
@@ -66,6 +66,8 @@ class Analyzer:
         if not meta_path.is_file():
             raise FileNotFoundError(f"no model at {folder} (model.json missing)")
         meta = json.loads(meta_path.read_text())
+        if "ensemble" in meta:
+            return Ensemble.load(folder, meta, device)
         lm: Any
         if meta.get("detector") == "yolo":
             from ai.seed import SeedDetector
@@ -74,8 +76,10 @@ class Analyzer:
         else:
             lm = landmark_model(meta.get("width", 16), meta.get("members", 1))
             lm.load_state_dict(_weights(folder / "landmarks.safetensors"))
-        gr = Grader(meta.get("grader_arch", "resnet18"))
-        gr.load_state_dict(_weights(folder / "grader.safetensors"))
+        gr = None
+        if (folder / "grader.safetensors").is_file():
+            gr = Grader(meta.get("grader_arch", "resnet18"))
+            gr.load_state_dict(_weights(folder / "grader.safetensors"))
         return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, pick_device(device))
 
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
@@ -83,7 +87,8 @@ class Analyzer:
         half = lambda sd: {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}  # noqa: E731
         name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"
         save_file(half(self.landmarks.state_dict()), folder / name)
-        save_file(half(self.grader.state_dict()), folder / "grader.safetensors")
+        if self.grader is not None:
+            save_file(half(self.grader.state_dict()), folder / "grader.safetensors")
         meta = dict(self.meta, decision=self.decision.to_dict(), **(extra_meta or {}))
         (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -118,6 +123,35 @@ class Analyzer:
             out.append(LevelResult(level, level_kind(level), float(xy[i, 0]), float(xy[i, 1]), labels, conf,
                                    float(loc[i])))
         return out
+
+
+class Ensemble(Analyzer):
+    """Models trained apart on the same data. Points: the per-level median of the members' points, so a member
+    that numbered the spine one vertebra off is outvoted. Grades: the mean of the graders' probabilities at those
+    points. model.json names the member folders under "ensemble"; each is a complete model folder."""
+
+    def __init__(self, locators: list[Analyzer], graders: list[Analyzer], decision: Decision, meta: dict) -> None:
+        if not locators or not graders:
+            raise ValueError("an ensemble needs at least one locating and one grading member")
+        self.locators, self.graders = locators, graders
+        self.landmarks, self.grader = locators[0].landmarks, graders[0].grader
+        self.decision, self.meta, self.device = decision, meta, locators[0].device
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict, device: str = "auto") -> "Ensemble":  # type: ignore[override]
+        members = {name: Analyzer.load(folder / name, device) for name in meta["ensemble"]["members"]}
+        return cls([members[n] for n in meta["ensemble"]["locate"]], [members[n] for n in meta["ensemble"]["grade"]],
+                   Decision.from_dict(meta["decision"]), meta)
+
+    def save(self, folder: Path, extra_meta: dict | None = None) -> None:
+        raise NotImplementedError("ensembles are assembled from trained member folders (ai.ensemble)")
+
+    def locate(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = [m.locate(img01) for m in self.locators]
+        return np.median(np.stack([xy for xy, _ in found]), 0), np.mean(np.stack([c for _, c in found]), 0)
+
+    def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        return np.mean(np.stack([m.grade(img01, xy) for m in self.graders]), 0)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,89 @@
+"""The ensemble model: median points, mean grades, and its assembly from trained members."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dicomgen import data_subset
+
+from ai.decide import Decision
+from ai.ensemble import assemble, combine_oof
+from ai.infer import Analyzer, Ensemble
+from ai.models import Grader, LandmarkNet
+
+
+def _member(folder: Path, seed: int, grader: bool = True, size: int = 64) -> Path:
+    torch.manual_seed(seed)
+    meta = {"width": 8, "input_size": size, "crop_size": 32, "grader_arch": "resnet18"}
+    Analyzer(LandmarkNet(8), Grader() if grader else None, Decision(), meta, torch.device("cpu")).save(folder)
+    return folder
+
+
+def _ensemble_folder(root: Path) -> Path:
+    for name, seed, grader, size in (("a", 1, True, 64), ("b", 2, True, 96), ("c", 3, False, 64)):
+        _member(root / name, seed, grader, size)
+    meta = {"ensemble": {"members": ["a", "b", "c"], "locate": ["a", "b", "c"], "grade": ["a", "b"]},
+            "decision": Decision().to_dict(), "version": "test"}
+    (root / "model.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_ensemble_takes_the_median_point_and_the_mean_grade(tmp_path: Path):
+    ens = Analyzer.load(_ensemble_folder(tmp_path), "cpu")
+    assert isinstance(ens, Ensemble) and len(ens.locators) == 3 and len(ens.graders) == 2
+    img = np.random.default_rng(0).random((200, 160), dtype=np.float32)
+    points = [m.locate(img)[0] for m in ens.locators]
+    xy, _ = ens.locate(img)
+    assert np.allclose(xy, np.median(np.stack(points), 0))
+    assert not np.allclose(points[0], points[1])  # the members disagree, so the median is doing something
+    probs = ens.grade(img, xy)
+    assert np.allclose(probs, (ens.graders[0].grade(img, xy) + ens.graders[1].grade(img, xy)) / 2)
+    levels = ens.analyze(img * 1000, (0.5, 0.5))
+    assert len(levels) == 11 and levels[0].x == pytest.approx(xy[0, 0])
+
+
+def test_combine_oof_outvotes_a_member_one_level_off():
+    right = np.stack([np.full(11, 100.0), 20.0 * np.arange(11)], 1)
+    shifted = right + [0.0, 20.0]  # the whole chain one level down
+    oof = lambda xy, p: [{"study_uid": "s", "xy": xy.tolist(), "loc": [1.0] * 11, "probs": [p] * 11}]  # noqa: E731
+    out = combine_oof(["s"], [oof(right, [1.0] * 7), oof(right + 1, [1.0] * 7), oof(shifted, [1.0] * 7)],
+                      [oof(right, [0.2] * 7), oof(right, [0.6] * 7)])
+    assert np.allclose(out[0]["xy"], right + [0.0, 1.0])  # a mean would put every point 7 px down the spine
+    assert np.allclose(out[0]["probs"], 0.4)
+
+
+def test_assemble_refuses_to_write_over_a_member(tmp_path: Path):
+    member = _member(tmp_path / "default", 1)
+    with pytest.raises(ValueError, match="holds a member"):
+        assemble(tmp_path, tmp_path, [member], [member])
+
+
+@pytest.mark.data
+def test_assemble_scores_the_members_out_of_fold_and_loads(shared_data: Path, tmp_path: Path):
+    from ai.data import load_dataset
+    from ai.train import folds_of, predict, prepare
+
+    data = data_subset(shared_data, tmp_path / "data", 10)
+    items = prepare(load_dataset(data), 64)
+    val = folds_of(len(items), 2, 0)
+    members = []
+    for name, seed, grader in (("a", 1, True), ("b", 2, True), ("c", 3, False)):
+        folder = _member(tmp_path / name, seed, grader)
+        model = Analyzer.load(folder, "cpu")
+        if model.grader is None:  # a locating-only member still records probabilities in its oof.json
+            model.grader = Analyzer.load(tmp_path / "a", "cpu").grader
+        (folder / "oof.json").write_text(json.dumps(predict(model, [items[i] for v in val for i in v])))
+        members.append(folder)
+    report = assemble(data, tmp_path / "ens", members, members[:2], folds=2)
+    assert len(report["per_fold"]) == 2 and sum(m["studies"] for m in report["per_fold"]) == 10
+    meta = json.loads((tmp_path / "ens" / "model.json").read_text())
+    assert meta["ensemble"] == {"members": ["m1", "m2", "m3"], "locate": ["m1", "m2", "m3"], "grade": ["m1", "m2"]}
+    assert meta["decision"] == report["decision"]
+    assert not (tmp_path / "ens" / "m3" / "grader.safetensors").exists()
+    ens = Analyzer.load(tmp_path / "ens", "cpu")
+    levels = ens.analyze(*load_dataset(data)[0].load())
+    assert len(levels) == 11
