@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from ai.decide import Decision
 from ai.imaging import INPUT_SIZE, Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
 from ai.labels import LEVELS, level_kind
-from ai.models import CROP_SIZE, CROP_SPACINGS, DISC, V5, VERT, Grader, decode_heatmaps, landmark_model
+from ai.models import CROP_SIZE, CROP_SPACINGS, DISC, V5, VERT, Grader, LandmarkNet, decode_heatmaps
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 
@@ -74,7 +74,7 @@ class Analyzer:
 
             lm = SeedDetector.build(_weights(folder / "detector.safetensors"))
         else:
-            lm = landmark_model(meta.get("width", 16), meta.get("members", 1))
+            lm = LandmarkNet(meta.get("width", 16))
             lm.load_state_dict(_weights(folder / "landmarks.safetensors"))
         gr = None
         if (folder / "grader.safetensors").is_file():

@@ -69,24 +69,6 @@ class LandmarkNet(nn.Module):
         return self.head(p)  # (N, 11, H/4, W/4) logits
 
 
-class LandmarkEnsemble(nn.Module):
-    """Landmark nets trained from different seeds; their spatial log-probabilities are averaged, which steadies
-    the one thing a single net gets badly wrong: which vertebra the chain starts at."""
-
-    def __init__(self, width: int, members: int) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(LandmarkNet(width) for _ in range(members))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [m(x) for m in self.members]
-        return torch.stack([o.flatten(2).log_softmax(-1) for o in outs]).mean(0).view(outs[0].shape)
-
-
-def landmark_model(width: int, members: int = 1) -> nn.Module:
-    """A plain net for one member (the layout of the weights shipped before ensembles), else an ensemble."""
-    return LandmarkNet(width) if members == 1 else LandmarkEnsemble(width, members)
-
-
 def decode_heatmaps(logits: torch.Tensor, window: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 11, h, w) logits -> (N, 11, 2) xy in input pixels and (N, 11) confidence.
 

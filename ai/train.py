@@ -23,7 +23,7 @@ from ai.evaluate import StudyResult, evaluate
 from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
 from ai.infer import Analyzer, level_crops
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
-from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet, landmark_model
+from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet
 
 Log = Callable[[str], None]
 
@@ -40,7 +40,6 @@ class Recipe:
     width: int = 16  # landmark net channels at stride 2
     input_size: int = INPUT_SIZE  # landmark net input side
     crop_size: int = CROP_SIZE  # grader crop side
-    members: int = 1  # landmark nets trained from different seeds and averaged
 
 
 @dataclass
@@ -273,19 +272,15 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
 
 def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "cpu") -> Analyzer:
     meta: dict[str, Any] = {"width": recipe.width, "input_size": recipe.input_size, "crop_size": recipe.crop_size,
-                            "members": recipe.members, "grader_arch": recipe.grader_arch}
+                            "grader_arch": recipe.grader_arch}
     lm: Any
     if recipe.detector == "yolo":
         from ai.seed import IMGSZ, train_detector
 
         lm = train_detector(items, recipe.lm_epochs, seed, log)
-        meta.update(detector="yolo", input_size=IMGSZ, members=1)
+        meta.update(detector="yolo", input_size=IMGSZ)
     else:
-        nets = [train_landmarks(items, recipe.lm_epochs, seed + 1000 * j, log, recipe.width, recipe.zoom, device)
-                for j in range(recipe.members)]
-        lm = nets[0] if recipe.members == 1 else landmark_model(recipe.width, recipe.members)
-        if recipe.members > 1:
-            lm.members = torch.nn.ModuleList(nets)
+        lm = train_landmarks(items, recipe.lm_epochs, seed, log, recipe.width, recipe.zoom, device)
     gr = train_grader(items, recipe.gr_epochs, seed, log, recipe.grader_arch, recipe.crop_size, device)
     return Analyzer(lm, gr, Decision(), meta, torch.device(device))
 

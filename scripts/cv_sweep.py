@@ -35,7 +35,7 @@ RECIPES: dict[str, Recipe] = {
     "long": Recipe(lm_epochs=120, gr_epochs=60),
     "xlong": Recipe(lm_epochs=200, gr_epochs=40, crop_size=96),
     "in384": Recipe(lm_epochs=120, gr_epochs=40, input_size=384),
-    "ens3": Recipe(lm_epochs=80, gr_epochs=80, crop_size=96, members=3),
+    "g80": Recipe(lm_epochs=80, gr_epochs=80, crop_size=96),
 }
 PART = 15 * 2**20
 

@@ -13,59 +13,50 @@ from dicomgen import data_subset
 from ai.data import load_dataset
 from ai.decide import Decision
 from ai.infer import Analyzer
-from ai.models import Grader, LandmarkEnsemble, LandmarkNet
+from ai.models import Grader, LandmarkNet
 from ai.train import Recipe, run
 
 
-def test_ensemble_averages_member_log_probabilities():
+def test_input_size_and_crop_size_round_trip(tmp_path: Path):
     torch.manual_seed(0)
-    ens = LandmarkEnsemble(8, 2).eval()
-    x = torch.rand(1, 1, 64, 64)
-    with torch.no_grad():
-        out = ens(x)
-        parts = [m(x).flatten(2).log_softmax(-1) for m in ens.members]
-    assert out.shape == (1, 11, 16, 16)
-    assert torch.allclose(out.flatten(2), (parts[0] + parts[1]) / 2, atol=1e-6)
-    assert not torch.allclose(parts[0], parts[1])  # members differ, or averaging would be pointless
-
-
-def test_input_size_crop_size_and_members_round_trip(tmp_path: Path):
-    torch.manual_seed(0)
-    meta = {"width": 8, "input_size": 128, "crop_size": 48, "members": 2, "grader_arch": "resnet18"}
-    model = Analyzer(LandmarkEnsemble(8, 2), Grader(), Decision(), meta, torch.device("cpu"))
+    meta = {"width": 8, "input_size": 128, "crop_size": 48, "grader_arch": "resnet18"}
+    model = Analyzer(LandmarkNet(8), Grader(), Decision(), meta, torch.device("cpu"))
     model.save(tmp_path)
     loaded = Analyzer.load(tmp_path, "cpu")
-    assert isinstance(loaded.landmarks, LandmarkEnsemble) and len(loaded.landmarks.members) == 2
     img = np.random.default_rng(0).random((300, 200), dtype=np.float32)
     shapes = []
     loaded.landmarks.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
     xy, _ = loaded.locate(img)
     assert shapes == [(1, 1, 128, 128)]  # the input size comes from model.json, not the module constant
-    assert np.allclose(xy, model.locate(img)[0], atol=2.0)  # fp16 on disk moves a point by well under a pixel
+    assert np.allclose(xy, model.locate(img)[0], atol=2.0)  # fp16 on disk: a point moves a pixel at most
     crops = []
     loaded.grader.register_forward_hook(lambda m, i, o: crops.append(tuple(i[0].shape)))
     probs = loaded.grade(img, xy)
     assert crops == [(11, 1, 48, 48)] and probs.shape == (11, 7)
 
 
-def test_single_member_keeps_the_plain_layout(tmp_path: Path):
-    meta = {"width": 8, "input_size": 64, "grader_arch": "resnet18"}  # an older model.json: no members, no crop
+def test_an_older_model_json_without_crop_size_loads_with_the_defaults(tmp_path: Path):
+    meta = {"width": 8, "grader_arch": "resnet18"}
     Analyzer(LandmarkNet(8), Grader(), Decision(), meta, torch.device("cpu")).save(tmp_path)
-    assert isinstance(Analyzer.load(tmp_path, "cpu").landmarks, LandmarkNet)
+    crops = []
+    loaded = Analyzer.load(tmp_path, "cpu")
+    loaded.grader.register_forward_hook(lambda m, i, o: crops.append(tuple(i[0].shape)))
+    loaded.analyze(np.random.default_rng(0).random((100, 100), dtype=np.float32), (1.0, 1.0))
+    assert crops == [(11, 1, 64, 64)]
 
 
 @pytest.mark.data
 def test_run_writes_cv_report_and_a_final_model_with_the_tuned_decision(shared_data: Path, tmp_path: Path):
     data = data_subset(shared_data, tmp_path / "data", 10)
-    recipe = Recipe(lm_epochs=1, gr_epochs=1, width=8, input_size=128, crop_size=32, members=2)
+    recipe = Recipe(lm_epochs=1, gr_epochs=1, width=8, input_size=128, crop_size=32)
     report = run(data, tmp_path / "out", recipe, folds=2, log=lambda m: None)
     out = tmp_path / "out"
     assert len(report["per_fold"]) == 2 and sum(m["studies"] for m in report["per_fold"]) == 10
     assert len(json.loads((out / "oof.json").read_text())) == 10
-    assert json.loads((out / "cv.json").read_text())["recipe"]["members"] == 2
+    assert json.loads((out / "cv.json").read_text())["recipe"]["crop_size"] == 32
     meta = json.loads((out / "model.json").read_text())
     assert meta["decision"] == report["decision"] and meta["cv_mean"] == report["cv_mean"]
-    assert (meta["input_size"], meta["crop_size"], meta["members"]) == (128, 32, 2)
+    assert (meta["input_size"], meta["crop_size"]) == (128, 32)
     model = Analyzer.load(out, "cpu")
     study = load_dataset(data)[0]
     levels = model.analyze(*study.load())
