@@ -29,13 +29,25 @@ class LevelResult:
     y: float  # row
     labels: list[str]
     confidence: float  # of the grading
-    localisation: float  # heatmap mass near the peak, 0..1
+    localisation: float  # heatmap mass near the peak, 0..1 (an ensemble's: times `agreement`)
+    agreement: float = 1.0  # share of an ensemble's landmark nets within AGREE_SPACINGS of the median point
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["x"], d["y"] = round(self.x, 2), round(self.y, 2)
         d["confidence"], d["localisation"] = round(self.confidence, 4), round(self.localisation, 4)
+        d["agreement"] = round(self.agreement, 4)
         return d
+
+
+AGREE_SPACINGS = 0.5  # a net whose point is further than this (in local level spacings) from the median disagrees
+
+
+def numbering_uncertain(levels: list[LevelResult]) -> bool:
+    """True when the landmark nets disagree at most levels: one of them put the whole chain a vertebra off, so
+    the level names (L1..L5) may be shifted even where the points look right. Measured on the CV folds: members
+    agree on 142 of 150 studies; the 8 they do not hold a quarter of all points outside 6 mm."""
+    return bool(levels) and float(np.median([lv.agreement for lv in levels])) < 1.0
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -115,14 +127,19 @@ class Analyzer:
         """spacing is (row, column) mm; kept in the signature because callers and future models use it."""
         del spacing
         img = normalise(pixels)
-        xy, loc = self.locate(img)
+        xy, loc, agree = self.points(img)
         probs = self.grade(img, xy)
         out = []
         for i, level in enumerate(LEVELS):
             labels, conf = self.decision.labels(level, probs[i])
             out.append(LevelResult(level, level_kind(level), float(xy[i, 0]), float(xy[i, 1]), labels, conf,
-                                   float(loc[i])))
+                                   float(loc[i] * agree[i]), float(agree[i])))
         return out
+
+    def points(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """locate() plus per-level agreement (always 1 for one model)."""
+        xy, loc = self.locate(img01)
+        return xy, loc, np.ones(len(xy))
 
 
 class Ensemble(Analyzer):
@@ -147,8 +164,16 @@ class Ensemble(Analyzer):
         raise NotImplementedError("ensembles are assembled from trained member folders (ai.ensemble)")
 
     def locate(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xy, loc, _ = self.points(img01)
+        return xy, loc
+
+    def points(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         found = [m.locate(img01) for m in self.locators]
-        return np.median(np.stack([xy for xy, _ in found]), 0), np.mean(np.stack([c for _, c in found]), 0)
+        each = np.stack([xy for xy, _ in found])  # (members, 11, 2)
+        median = np.median(each, 0)
+        _, spacing = spine_geometry(median.astype(np.float32))
+        near = np.linalg.norm(each - median[None], axis=2) <= AGREE_SPACINGS * np.maximum(spacing, 1.0)[None]
+        return median, np.mean(np.stack([c for _, c in found]), 0), near.mean(0)
 
     def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
         return np.mean(np.stack([m.grade(img01, xy) for m in self.graders]), 0)

@@ -98,6 +98,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for lv in result.get("levels", []):
             print(f"{lv['level']:7s} {lv['kind']:8s} ({lv['x']:.0f},{lv['y']:.0f}) {','.join(lv['labels'])}"
                   f" p={lv['confidence']:.2f}")
+        if result.get("numbering_uncertain"):
+            print("warning: the landmark nets disagree on which vertebra is which; check L1-L5 by counting")
         for f in result.get("files", []):
             print(f"wrote {f}")
     return 0 if result.get("levels") else 2

@@ -13,7 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ai.data import pixel_spacing
-from ai.infer import Analyzer, LevelResult
+from ai.infer import Analyzer, LevelResult, numbering_uncertain
 from dicomnode.config import OutputConfig
 from dicomnode.report.common import OutputIds
 from dicomnode.report.gsps import build_gsps
@@ -49,12 +49,14 @@ class Analysis:
         d = self.selection.to_dict()
         d["chosen_slice"] = str(self.source.SOPInstanceUID)
         d["slice_scores"] = self.slice_scores
+        d["numbering_uncertain"] = numbering_uncertain(self.levels)
         return d
 
     def to_json(self) -> dict[str, Any]:
         return {"study_uid": str(self.source.StudyInstanceUID), "series_uid": str(self.source.SeriesInstanceUID),
                 "sop_instance_uid": str(self.source.SOPInstanceUID), "model_version": self.model_version,
-                "levels": [lv.to_dict() for lv in self.levels], "selection": self.decision()}
+                "levels": [lv.to_dict() for lv in self.levels], "selection": self.decision(),
+                "numbering_uncertain": numbering_uncertain(self.levels)}
 
 
 @functools.lru_cache(maxsize=4)

@@ -78,6 +78,13 @@ class NodeProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def memory_bytes(self, key: str = "VmRSS") -> int:
+        """From /proc/PID/status: VmRSS now, VmHWM the peak so far."""
+        for line in open(f"/proc/{self.pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise ValueError(f"no {key} for {self.pid}")
+
     def kill9(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)

@@ -12,7 +12,8 @@ from dicomgen import data_subset
 
 from ai.decide import Decision
 from ai.ensemble import assemble, combine_oof
-from ai.infer import Analyzer, Ensemble
+from ai.imaging import spine_geometry
+from ai.infer import AGREE_SPACINGS, Analyzer, Ensemble, LevelResult, numbering_uncertain
 from ai.models import Grader, LandmarkNet
 
 
@@ -44,6 +45,19 @@ def test_ensemble_takes_the_median_point_and_the_mean_grade(tmp_path: Path):
     assert np.allclose(probs, (ens.graders[0].grade(img, xy) + ens.graders[1].grade(img, xy)) / 2)
     levels = ens.analyze(img * 1000, (0.5, 0.5))
     assert len(levels) == 11 and levels[0].x == pytest.approx(xy[0, 0])
+    _, spacing = spine_geometry(xy.astype(np.float32))
+    far = np.linalg.norm(np.stack(points) - xy[None], axis=2) > AGREE_SPACINGS * np.maximum(spacing, 1.0)
+    assert np.allclose([lv.agreement for lv in levels], 1 - far.mean(0))
+
+
+def test_numbering_is_uncertain_when_the_nets_disagree_at_most_levels():
+    def study(agreements: list[float]) -> list[LevelResult]:
+        return [LevelResult("L1", "vertebra", 0, 0, ["v1"], 0.9, 0.9, a) for a in agreements]
+
+    assert not numbering_uncertain(study([1.0] * 11))
+    assert not numbering_uncertain(study([2 / 3] * 3 + [1.0] * 8))  # a few levels: local misses, not numbering
+    assert numbering_uncertain(study([2 / 3] * 8 + [1.0] * 3))
+    assert not numbering_uncertain([])
 
 
 def test_combine_oof_outvotes_a_member_one_level_off():

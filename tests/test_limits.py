@@ -16,13 +16,6 @@ from pynetdicom.sop_class import Verification
 pytestmark = [pytest.mark.peers, pytest.mark.security]
 
 
-def rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def closed_after(sock: socket.socket, limit: float) -> float:
     """Seconds until the node closes `sock` (reads until EOF or reset)."""
     t0 = time.monotonic()
@@ -71,7 +64,7 @@ def test_pdu_size_is_negotiated_and_enforced(node_factory, tmp_path):
     assert not assoc.is_established
 
     # Same before association: an A-ASSOCIATE-RQ announcing 200 MB is cut off, not buffered.
-    before = rss_kib(node.pid)
+    before = node.memory_bytes()
     s = socket.create_connection(("127.0.0.1", node.port))
     s.sendall(struct.pack(">BBL", 0x01, 0, 200_000_000))
     try:
@@ -81,7 +74,7 @@ def test_pdu_size_is_negotiated_and_enforced(node_factory, tmp_path):
         pass  # the node closed the connection: what we want
     assert closed_after(s, 10) < 10
     s.close()
-    assert rss_kib(node.pid) - before < 50_000  # far below the 50 MB sent
+    assert node.memory_bytes() - before < 50_000_000  # far below the 50 MB sent
 
     # Well-behaved peers fragment to the negotiated size and are stored as usual.
     files = write_series(tmp_path / "in", SeriesSpec(slices=3, rows=256, cols=256), generate_uid())

@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from ai.infer import LevelResult
 from ai.labels import LEVELS, level_kind
 from dicomnode.report.common import OutputIds
-from dicomnode.report.gsps import build_gsps, outline
+from dicomnode.report.gsps import WARNING_TEXT, build_gsps, outline
 from dicomnode.report.sr import build_sr
 
 pytestmark = pytest.mark.peers
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.peers
 LABELS = {"L4-L5": ["v3", "v5"], "L5-S1": ["v2"], "L3": ["v2"]}
 
 
-def levels() -> list[LevelResult]:
-    return [LevelResult(lv, level_kind(lv), 120.0 + i, 30.0 + 18 * i, LABELS.get(lv, ["v1"]), 0.81, 0.93)
+def levels(agreement: float = 1.0) -> list[LevelResult]:
+    return [LevelResult(lv, level_kind(lv), 120.0 + i, 30.0 + 18 * i, LABELS.get(lv, ["v1"]), 0.81, 0.93, agreement)
             for i, lv in enumerate(LEVELS)]
 
 
@@ -45,17 +45,22 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
 
 
+def pixelmed_errors(path: Path) -> list[str]:
+    r = subprocess.run(["java", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0",
+                        "-Djdk.xml.xpathTotalOpLimit=0", "-cp", "/usr/share/java/pixelmed.jar",
+                        "com.pixelmed.validate.DicomSRValidator", str(path)], capture_output=True, text=True,
+                       timeout=300)
+    out = r.stdout + r.stderr
+    assert "Exception" not in out, out[-2000:]
+    return [line for line in out.splitlines() if line.startswith("Error")]
+
+
 def test_sr_passes_dciodvfy_dsrdump_and_pixelmed(tmp_path: Path):
     src, _ = source(tmp_path)
     sr = write(build_sr(src, levels(), "test-1", OutputIds(src.StudyInstanceUID, 1)), tmp_path / "sr.dcm")
     assert dciodvfy_errors(sr) == []
     assert subprocess.run(["dsrdump", "-q", str(sr)], capture_output=True, timeout=60).returncode == 0
-    r = subprocess.run(["java", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0",
-                        "-Djdk.xml.xpathTotalOpLimit=0", "-cp", "/usr/share/java/pixelmed.jar",
-                        "com.pixelmed.validate.DicomSRValidator", str(sr)], capture_output=True, text=True, timeout=300)
-    out = r.stdout + r.stderr
-    assert "Exception" not in out, out[-2000:]
-    assert [line for line in out.splitlines() if line.startswith("Error")] == []
+    assert pixelmed_errors(sr) == []
 
 
 def test_sr_content_reads_back(tmp_path: Path):
@@ -139,3 +144,26 @@ def test_burned_in_secondary_capture_validates(tmp_path: Path):
     lv = levels()[8]  # L4-L5, abnormal: drawn in orange-red near its point
     patch = back.pixel_array[int(lv.y) - 20:int(lv.y) + 20, int(lv.x) - 40:int(lv.x) + 40]
     assert ((patch[..., 0] > 200) & (patch[..., 2] < 100)).any()
+
+
+def test_uncertain_numbering_is_said_in_the_sr_and_on_the_image(tmp_path: Path):
+    import highdicom as hd
+
+    src, src_path = source(tmp_path)
+    lv = levels(agreement=2 / 3)  # one of three landmark nets a level off everywhere
+    ids = OutputIds(src.StudyInstanceUID, 1)
+    sr_path = write(build_sr(src, lv, "test-1", ids), tmp_path / "sr.dcm")
+    assert dciodvfy_errors(sr_path) == [] and pixelmed_errors(sr_path) == []
+    names = [g.tracking_identifier for g in hd.sr.srread(sr_path).content.get_planar_roi_measurement_groups()]
+    assert len(names) == 11 and all(n.endswith(" [level numbering uncertain]") for n in names)
+    pr = build_gsps(src, lv, "test-1", ids)
+    assert "numbering uncertain" in pr.ContentDescription and len(pr.ContentDescription) <= 64
+    pr_path = write(pr, tmp_path / "pr.dcm")
+    assert dciodvfy_errors(pr_path) == []
+    r = subprocess.run(["dcmpschk", str(pr_path)], capture_output=True, text=True, timeout=60)
+    assert "Test passed" in r.stdout + r.stderr
+    r = subprocess.run(["dcmp2pgm", "-v", "-p", str(pr_path), str(src_path), "/dev/null"], capture_output=True,
+                       text=True, timeout=60)
+    assert WARNING_TEXT in r.stdout + r.stderr and "L4-L5 protrusion" in r.stdout + r.stderr
+    certain = build_gsps(src, levels(), "test-1", ids)
+    assert "WARNING" not in [g.GraphicLayer for g in certain.GraphicLayerSequence]

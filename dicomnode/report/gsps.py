@@ -10,7 +10,7 @@ from highdicom.pr import (
 )
 from pydicom.dataset import Dataset
 
-from ai.infer import LevelResult
+from ai.infer import LevelResult, numbering_uncertain
 from ai.labels import LABEL_TEXT, is_abnormal
 from ai.imaging import spine_geometry
 from dicomnode.report.common import (
@@ -21,6 +21,7 @@ from dicomnode import __version__
 
 ABNORMAL_COLOUR = CIELabColor(55.0, 75.0, 60.0)  # red-orange
 NORMAL_COLOUR = CIELabColor(85.0, -60.0, 60.0)  # green
+WARNING_TEXT = "AI: level numbering uncertain (check L1-L5 by counting)"
 
 
 def outline(levels: list[LevelResult]) -> dict[str, np.ndarray]:
@@ -65,6 +66,13 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
                                              clip(np.array([[lv.x, lv.y]])).astype(np.float32),
                                              AnnotationUnitsValues.PIXEL))
     annotations, layers = [], []
+    uncertain = numbering_uncertain(levels)
+    if uncertain:  # top left, where a reader looks first
+        warning_layer = GraphicLayer("WARNING", 3, "Level numbering uncertain (AI)", ABNORMAL_COLOUR)
+        layers.append(warning_layer)
+        annotations.append(GraphicAnnotation([source], warning_layer, text_objects=[TextObject(
+            WARNING_TEXT, AnnotationUnitsValues.PIXEL, anchor_point=(float(cols * 0.03), float(rows * 0.04)),
+            anchor_point_visible=False)]))
     if abnormal_objs:
         layers.append(abnormal_layer)
         annotations.append(GraphicAnnotation([source], abnormal_layer, graphic_objects=abnormal_objs,
@@ -78,7 +86,8 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
         referenced_images=[source], series_instance_uid=ids.series("gsps"), series_number=number,
         sop_instance_uid=ids.instance("gsps"), instance_number=ids.revision, manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME, software_versions=__version__, device_serial_number="0",
-        content_label="AI_SPINE", content_description=f"AI: {n_abn} abnormal disc(s); not physician-verified",
+        content_label="AI_SPINE", content_description=(f"AI: {n_abn} abnormal disc(s); numbering uncertain; unverified" if uncertain
+                             else f"AI: {n_abn} abnormal disc(s); not physician-verified"),
         graphic_annotations=annotations or None, graphic_layers=layers or None,
         content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version),
         specific_character_set=character_set(source))

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from ai.infer import LevelResult
+from ai.infer import LevelResult, numbering_uncertain
 from ai.labels import describe
 from dicomnode.report import codes as C
 from dicomnode.report.common import (
@@ -30,6 +30,7 @@ def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids
             uid=_device_uid(), name=ALGORITHM_NAME,
             manufacturer_name=MANUFACTURER, model_name=MODEL_NAME))
     groups = []
+    caveat = " [level numbering uncertain]" if numbering_uncertain(levels) else ""
     for lv in levels:
         region = ImageRegion(graphic_type=GraphicTypeValues.POINT, graphic_data=np.array([[lv.x, lv.y]]),
                              source_image=SourceImageForRegion.from_source_image(source))
@@ -39,7 +40,7 @@ def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids
             Measurement(C.LOCALISATION, round(float(lv.localisation), 4), C.UNITLESS, algorithm_id=algorithm),
         ]
         groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=describe(lv.level, lv.labels)),
+            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=describe(lv.level, lv.labels) + caveat),
             referenced_region=region, algorithm_id=algorithm,
             finding_sites=[FindingSite(C.LEVEL_SITE[lv.level])],
             measurements=measurements, qualitative_evaluations=evaluations))
