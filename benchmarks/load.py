@@ -34,13 +34,6 @@ def make_study(folder: Path, n: int, size: int) -> None:
                                     series_number=2), study)
 
 
-def proc_status(pid: int, key: str) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--senders", type=int, default=8)
@@ -63,7 +56,7 @@ def main() -> None:
 
         def sample() -> None:
             while not stop.is_set():
-                rss_samples.append(proc_status(node.pid, "VmRSS"))
+                rss_samples.append(node.memory_bytes("VmRSS"))
                 time.sleep(0.5)
 
         threading.Thread(target=sample, daemon=True).start()
@@ -88,7 +81,7 @@ def main() -> None:
             indexed = con.execute("select count(*) from instances").fetchone()[0]
             con.close()
             files = sum(1 for _ in (work / "node" / "studies").rglob("*.dcm"))
-            peak = proc_status(node.pid, "VmHWM")
+            peak = node.memory_bytes("VmHWM")
         finally:
             stop.set()
             node.stop()
