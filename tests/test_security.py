@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -22,7 +24,15 @@ def test_simultaneous_association_limit(node_factory):
     finally:
         for a in held:
             a.release()
+    # A released association's thread ends a moment after the release reply, and until then its slot is still
+    # taken: a caller that comes back at once may be told "transient, try later" (what SCUs retry on). The slot
+    # must be free again within a few seconds.
+    deadline = time.monotonic() + 5
     again = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    while not again.is_established and time.monotonic() < deadline:
+        assert again.is_rejected and again.acceptor.primitive.result == 0x02
+        time.sleep(0.2)
+        again = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
     assert again.is_established
     again.release()
 
