@@ -20,6 +20,9 @@ from ai.labels import LEVELS, SCORED_CLASSES, level_kind
 
 HIT_MM = 6.0
 SEED_HIT_PX = 8.0
+# The headline figures of a report, in the order the CV tables show them.
+METRIC_KEYS = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
+               "mean_error_mm", "all_levels_hit"]
 
 
 @dataclass

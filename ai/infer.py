@@ -151,7 +151,6 @@ class Ensemble(Analyzer):
         if not locators or not graders:
             raise ValueError("an ensemble needs at least one locating and one grading member")
         self.locators, self.graders = locators, graders
-        self.landmarks, self.grader = locators[0].landmarks, graders[0].grader
         self.decision, self.meta, self.device = decision, meta, locators[0].device
 
     @classmethod

@@ -9,9 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-KEYS = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy", "mean_error_mm",
-        "all_levels_hit"]
-CLASSES = ["disc_v1", "disc_v2", "disc_v3", "disc_v4", "disc_v5", "vertebra_v1", "vertebra_v2"]
+from ai.evaluate import METRIC_KEYS as KEYS
+from ai.labels import SCORED_CLASSES
+
+CLASSES = [f"{kind}_{label}" for kind, label in SCORED_CLASSES]  # the keys of a report's per_class
 
 
 def tables(report: dict) -> str:

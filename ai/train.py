@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ai.calibrate import calibration_error, fit_temperatures
 from ai.data import Study, load_dataset, target_array
 from ai.decide import Decision
-from ai.evaluate import StudyResult, evaluate
+from ai.evaluate import METRIC_KEYS, StudyResult, evaluate
 from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
 from ai.infer import Analyzer, level_crops
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
@@ -285,34 +285,28 @@ def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "c
     return Analyzer(lm, gr, Decision(), meta, torch.device(device))
 
 
-METRIC_KEYS = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
-               "mean_error_mm", "all_levels_hit"]
-
-
 def summarise(items: list[Item], oof: list[dict], splits: list[np.ndarray]) -> dict[str, Any]:
     """CV figures from out-of-fold predictions: each fold scored with a decision tuned on the other folds."""
     report: dict[str, Any] = {}
-    per_fold = []
-    for val in splits:
-        others = [i for i in range(len(items)) if i not in set(val)]
-        dec = tune_decision([items[i] for i in others], [oof[i] for i in others])
-        m = evaluate(results_for([items[i] for i in val], [oof[i] for i in val], dec))
-        m["decision"] = dec.to_dict()
-        per_fold.append(m)
-    report["per_fold"] = per_fold
-    report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in METRIC_KEYS}
-    report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
     # Expected calibration error of the grader's confidences on held-out folds (what the SR reports), as is and
     # with per-head temperatures fitted on the other folds: the evidence for shipping them or not. Both are means
     # of per-fold figures, so they compare; the pooled figure (all 150 at once) is lower, fewer studies per bin.
     studies = [it.study for it in items]
-    report["calibration_ece_oof_pooled"] = calibration_error(studies, oof)
-    plain, scaled = [], []
+    per_fold, plain, scaled = [], [], []
     for val in splits:
-        others = [i for i in range(len(items)) if i not in set(val)]
+        held = set(val)
+        others = [i for i in range(len(items)) if i not in held]
+        dec = tune_decision([items[i] for i in others], [oof[i] for i in others])
+        m = evaluate(results_for([items[i] for i in val], [oof[i] for i in val], dec))
+        m["decision"] = dec.to_dict()
+        per_fold.append(m)
         temps = fit_temperatures([studies[i] for i in others], [oof[i] for i in others])
         plain.append(calibration_error([studies[i] for i in val], [oof[i] for i in val]))
         scaled.append(calibration_error([studies[i] for i in val], [oof[i] for i in val], temps))
+    report["per_fold"] = per_fold
+    report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in METRIC_KEYS}
+    report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
+    report["calibration_ece_oof_pooled"] = calibration_error(studies, oof)
     mean = lambda per: {head: round(float(np.mean([f[head] for f in per])), 4) for head in per[0]}  # noqa: E731
     report["calibration_ece_oof"] = mean(plain)
     report["calibration_ece_temperature_nested"] = mean(scaled)
@@ -332,9 +326,7 @@ def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5
     t_start = time.time()
     items = prepare(load_dataset(data_dir), recipe.input_size)
     log(f"{len(items)} studies loaded")
-    report: dict[str, Any] = {"folds": folds, "seed": seed, "recipe": asdict(recipe),
-                              "landmark_epochs": recipe.lm_epochs, "grader_epochs": recipe.gr_epochs,
-                              "detector": recipe.detector, "grader_arch": recipe.grader_arch, "device": device,
+    report: dict[str, Any] = {"folds": folds, "seed": seed, "recipe": asdict(recipe), "device": device,
                               "per_fold": []}
     final_model = None
     if final:

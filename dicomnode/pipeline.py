@@ -53,10 +53,11 @@ class Analysis:
         return d
 
     def to_json(self) -> dict[str, Any]:
+        decision = self.decision()
         return {"study_uid": str(self.source.StudyInstanceUID), "series_uid": str(self.source.SeriesInstanceUID),
                 "sop_instance_uid": str(self.source.SOPInstanceUID), "model_version": self.model_version,
-                "levels": [lv.to_dict() for lv in self.levels], "selection": self.decision(),
-                "numbering_uncertain": numbering_uncertain(self.levels)}
+                "levels": [lv.to_dict() for lv in self.levels], "selection": decision,
+                "numbering_uncertain": decision["numbering_uncertain"]}
 
 
 @functools.lru_cache(maxsize=4)

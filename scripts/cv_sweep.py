@@ -86,8 +86,9 @@ def combine(out: Path, data: Path, lm_name: str, gr_name: str, device: str) -> d
     import numpy as np
 
     from ai.data import load_dataset
-    from ai.infer import Analyzer
-    from ai.train import folds_of, prepare, summarise
+    from ai.decide import Decision
+    from ai.infer import Analyzer, Ensemble
+    from ai.train import folds_of, predict, prepare, summarise
 
     cv = json.loads((out / lm_name / "cv.json").read_text()) if (out / lm_name / "cv.json").is_file() else {}
     folds = [k for k in range(1, 6) if (out / lm_name / f"fold{k}" / "model.json").is_file()
@@ -100,14 +101,11 @@ def combine(out: Path, data: Path, lm_name: str, gr_name: str, device: str) -> d
     where = {i: j for j, i in enumerate(covered)}
     oof: list[Any] = [None] * len(covered)
     for k in folds:
-        lm = Analyzer.load(out / lm_name / f"fold{k}", device)
-        gr = Analyzer.load(out / gr_name / f"fold{k}", device)
-        for i in splits[k - 1]:
-            it = items[int(i)]
-            xy, loc = lm.locate(it.img01)
-            probs = gr.grade(it.img01, xy)
-            oof[where[int(i)]] = {"study_uid": it.study.study_uid, "xy": xy.tolist(), "loc": loc.tolist(),
-                                  "probs": probs.tolist()}
+        pair = Ensemble([Analyzer.load(out / lm_name / f"fold{k}", device)],
+                        [Analyzer.load(out / gr_name / f"fold{k}", device)], Decision(), {})
+        val = [int(i) for i in splits[k - 1]]
+        for i, p in zip(val, predict(pair, [items[i] for i in val])):
+            oof[where[i]] = p
     sub = [items[i] for i in covered]
     report = summarise(sub, oof, [np.array([where[int(i)] for i in splits[k - 1]]) for k in folds])
     report.update(landmarks_from=lm_name, grader_from=gr_name, folds_scored=folds)

@@ -81,13 +81,12 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
         layers.append(normal_layer)
         annotations.append(GraphicAnnotation([source], normal_layer, graphic_objects=normal_objs))
     number, description = SERIES["gsps"]
-    n_abn = len(abnormal_objs)
+    caveat = "numbering uncertain; unverified" if uncertain else "not physician-verified"
     pr = GrayscaleSoftcopyPresentationState(
         referenced_images=[source], series_instance_uid=ids.series("gsps"), series_number=number,
         sop_instance_uid=ids.instance("gsps"), instance_number=ids.revision, manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME, software_versions=__version__, device_serial_number="0",
-        content_label="AI_SPINE", content_description=(f"AI: {n_abn} abnormal disc(s); numbering uncertain; unverified" if uncertain
-                             else f"AI: {n_abn} abnormal disc(s); not physician-verified"),
+        content_label="AI_SPINE", content_description=f"AI: {len(abnormal_objs)} abnormal disc(s); {caveat}",
         graphic_annotations=annotations or None, graphic_layers=layers or None,
         content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version),
         specific_character_set=character_set(source))
