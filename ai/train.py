@@ -40,6 +40,7 @@ class Recipe:
     width: int = 16  # landmark net channels at stride 2
     input_size: int = INPUT_SIZE  # landmark net input side
     crop_size: int = CROP_SIZE  # grader crop side
+    shift: float = 0.1  # landmark augmentation: largest shift in normalised coordinates (the input spans -1..1)
 
 
 @dataclass
@@ -65,18 +66,18 @@ def prepare(studies: list[Study], input_size: int = INPUT_SIZE) -> list[Item]:
 
 
 def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator,
-             zoom: tuple[float, float] = (0.85, 1.2)) -> tuple[torch.Tensor, torch.Tensor]:
+             zoom: tuple[float, float] = (0.85, 1.2), shift: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation/scale/shift (anatomy-preserving: no flips) and intensity gamma/contrast.
     pts in input pixels (N, 11, 2)."""
     n, _, s, _ = x.shape
     ang = np.deg2rad(rng.uniform(-12, 12, n))
     scale = rng.uniform(*zoom, n)  # >1 zooms in
-    shift = rng.uniform(-0.1, 0.1, (n, 2))
+    offset = rng.uniform(-shift, shift, (n, 2))
     cos, sin = np.cos(ang) / scale, np.sin(ang) / scale
     dev = x.device
     a = torch.tensor(np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1), dtype=torch.float32,
                      device=dev)
-    t = torch.tensor(shift, dtype=torch.float32, device=dev)
+    t = torch.tensor(offset, dtype=torch.float32, device=dev)
     theta = torch.cat([a, t[:, :, None]], 2)
     grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -102,11 +103,11 @@ def _heatmap_loss(logits: torch.Tensor, pts: torch.Tensor, mask: torch.Tensor, s
     return (ce * m).sum() / m.sum().clamp_min(1)
 
 
-def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, width: int = 16,
-                    zoom: tuple[float, float] = (0.85, 1.2), device: str = "cpu") -> LandmarkNet:
+def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, recipe: Recipe = Recipe(),
+                    device: str = "cpu") -> LandmarkNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = LandmarkNet(width).to(device)
+    net = LandmarkNet(recipe.width).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     bs = 8
     steps = epochs * math.ceil(len(items) / bs)
@@ -121,7 +122,7 @@ def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, width: 
         t0 = time.time()
         for b in range(0, len(order), bs):
             idx = torch.from_numpy(order[b : b + bs]).to(device)
-            x, pts = _augment(x_all[idx], p_all[idx], rng, zoom)
+            x, pts = _augment(x_all[idx], p_all[idx], rng, recipe.zoom, recipe.shift)
             loss = _heatmap_loss(net(x), pts, m_all[idx])
             opt.zero_grad()
             loss.backward()
@@ -280,7 +281,7 @@ def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "c
         lm = train_detector(items, recipe.lm_epochs, seed, log)
         meta.update(detector="yolo", input_size=IMGSZ)
     else:
-        lm = train_landmarks(items, recipe.lm_epochs, seed, log, recipe.width, recipe.zoom, device)
+        lm = train_landmarks(items, recipe.lm_epochs, seed, log, recipe, device)
     gr = train_grader(items, recipe.gr_epochs, seed, log, recipe.grader_arch, recipe.crop_size, device)
     return Analyzer(lm, gr, Decision(), meta, torch.device(device))
 

@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = Recipe(lm_epochs=args.landmark_epochs, gr_epochs=args.grader_epochs, detector=args.detector,
                     grader_arch=args.grader_arch, width=args.width, input_size=args.input_size,
-                    crop_size=args.crop_size)
+                    crop_size=args.crop_size, zoom=tuple(args.zoom), shift=args.shift)
     report = run(Path(args.data), Path(args.out), recipe, folds=args.folds, seed=args.seed,
                  final=not args.no_final, log=lambda m: print(m, file=sys.stderr, flush=True),
                  device=str(pick_device(args.device)))
@@ -185,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--width", type=int, default=16, help="landmark net channels at stride 2")
     sp.add_argument("--input-size", type=int, default=256, help="landmark net input side, pixels")
     sp.add_argument("--crop-size", type=int, default=64, help="grader crop side, pixels")
+    sp.add_argument("--zoom", type=float, nargs=2, default=(0.85, 1.2), metavar=("LO", "HI"),
+                    help="landmark augmentation: zoom range (>1 zooms in)")
+    sp.add_argument("--shift", type=float, default=0.1,
+                    help="landmark augmentation: largest shift, normalised coordinates (the input spans -1..1)")
     sp.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-final", action="store_true", help="skip the final fit on all data")

@@ -14,7 +14,7 @@ from ai.data import load_dataset
 from ai.decide import Decision
 from ai.infer import Analyzer
 from ai.models import Grader, LandmarkNet
-from ai.train import Recipe, run
+from ai.train import Recipe, _augment, run
 
 
 def test_input_size_and_crop_size_round_trip(tmp_path: Path):
@@ -43,6 +43,17 @@ def test_an_older_model_json_without_crop_size_loads_with_the_defaults(tmp_path:
     loaded.grader.register_forward_hook(lambda m, i, o: crops.append(tuple(i[0].shape)))
     loaded.analyze(np.random.default_rng(0).random((100, 100), dtype=np.float32), (1.0, 1.0))
     assert crops == [(11, 1, 64, 64)]
+
+
+def test_augmentation_shift_and_zoom_reach_the_landmarks():
+    """The recipe's shift and zoom bound how far the target points move (m5 was trained with wider ones)."""
+    x = torch.zeros(256, 1, 64, 64)
+    pts = torch.full((256, 11, 2), 31.5)  # every landmark at the centre
+    moved = lambda **kw: (_augment(x, pts, np.random.default_rng(0), **kw)[1] - 31.5).abs().amax().item()  # noqa: E731
+    none = moved(zoom=(1.0, 1.0), shift=0.0)
+    narrow, wide = moved(zoom=(1.0, 1.0), shift=0.1), moved(zoom=(1.0, 1.0), shift=0.4)
+    assert none < 1e-3  # rotation and zoom keep the centre where it is
+    assert 0.05 * 32 < narrow <= 0.1 * 32 * 1.5 + 1e-3 and 0.3 * 32 < wide <= 0.4 * 32 * 1.5 + 1e-3
 
 
 @pytest.mark.data
