@@ -6,7 +6,7 @@ Each member folder holds a final model (model.json and weights) and the oof.json
 same folds (`ai.train.folds_of`, seed 0). The ensemble's CV figures combine those held-out predictions as the
 ensemble combines its members (median points, mean probabilities; each grader's probabilities are those it gave
 at its own member's points, the one approximation), and its decision rule is tuned on them as `ai.train.run`
-tunes a single model's.
+tunes a single model's. Graders are copied as int8 (`ai.infer.store_int8`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ai.chain import carry, repair_skip
 from ai.data import load_dataset
+from ai.infer import store_int8
 from ai.train import folds_of, prepare, summarise
 
 
@@ -31,9 +33,13 @@ def combine_oof(uids: list[str], locate: list[list[dict]], grade: list[list[dict
     loc, gra = [by(o) for o in locate], [by(o) for o in grade]
     out = []
     for uid in uids:
-        xy = np.median(np.stack([np.asarray(m[uid]["xy"]) for m in loc]), 0)
-        conf = np.mean(np.stack([np.asarray(m[uid]["loc"]) for m in loc]), 0)
-        probs = np.mean(np.stack([np.asarray(m[uid]["probs"]) for m in gra]), 0)
+        # Each locator's chain checked for a skipped vertebra as Analyzer.locate does (no-op on a repaired one).
+        chains = [(repair_skip(np.asarray(m[uid]["xy"])), np.asarray(m[uid]["loc"])) for m in loc]
+        xy = np.median(np.stack([c for (c, _), _ in chains]), 0)
+        conf = np.mean(np.stack([carry(v, src, inserted=0.0) for (_, src), v in chains]), 0)
+        # A grader's probabilities follow its own member's points when they were renamed.
+        probs = np.mean(np.stack([carry(np.asarray(g[uid]["probs"]), repair_skip(np.asarray(g[uid]["xy"]))[1])
+                                  for g in gra]), 0)
         out.append({"study_uid": uid, "xy": xy.tolist(), "loc": conf.tolist(), "probs": probs.tolist()})
     return out
 
@@ -62,9 +68,10 @@ def assemble(data: Path, out: Path, locate: list[Path], grade: list[Path], folds
     for src, name in names.items():
         (out / name).mkdir(parents=True)
         shutil.copy(src / "model.json", out / name / "model.json")
-        for f in ("landmarks.safetensors", "grader.safetensors"):
-            if (src / f).is_file() and (f == "landmarks.safetensors" or src in grade):
-                shutil.copy(src / f, out / name / f)
+        shutil.copy(src / "landmarks.safetensors", out / name / "landmarks.safetensors")
+        if src in grade:
+            shutil.copy(src / "grader.safetensors", out / name / "grader.safetensors")
+            store_int8(out / name / "grader.safetensors")
     meta = {"ensemble": {"members": list(names.values()), "locate": [names[s] for s in locate],
                          "grade": [names[s] for s in grade]},
             "decision": report["decision"], "version": time.strftime("%Y%m%d"), "cv_mean": report["cv_mean"],
