@@ -41,6 +41,25 @@ class LevelResult:
         return d
 
 
+@dataclass
+class Located:
+    """A slice's points before grading: what slice selection compares."""
+
+    img01: np.ndarray
+    xy: np.ndarray  # (11, 2)
+    loc: np.ndarray  # (11,) heatmap confidence
+    agreement: np.ndarray  # (11,)
+
+    @property
+    def localisation(self) -> np.ndarray:
+        return self.loc * self.agreement
+
+    @property
+    def score(self) -> float:
+        """Mean localisation: how confidently this slice shows the whole lumbar spine."""
+        return float(np.mean(self.localisation))
+
+
 AGREE_SPACINGS = 0.5  # a net whose point is further than this (in local level spacings) from the median disagrees
 
 
@@ -128,14 +147,21 @@ class Analyzer:
     def analyze(self, pixels: np.ndarray, spacing: tuple[float, float]) -> list[LevelResult]:
         """spacing is (row, column) mm; kept in the signature because callers and future models use it."""
         del spacing
+        return self.grade_slice(self.locate_slice(pixels))
+
+    def locate_slice(self, pixels: np.ndarray) -> Located:
+        """The first half of analyze: enough to compare candidate slices before paying for the grading."""
         img = normalise(pixels)
         xy, loc, agree = self.points(img)
-        probs = self.grade(img, xy)
+        return Located(img, xy, loc, agree)
+
+    def grade_slice(self, found: Located) -> list[LevelResult]:
+        probs = self.grade(found.img01, found.xy)
         out = []
         for i, level in enumerate(LEVELS):
             labels, conf = self.decision.labels(level, probs[i])
-            out.append(LevelResult(level, level_kind(level), float(xy[i, 0]), float(xy[i, 1]), labels, conf,
-                                   float(loc[i] * agree[i]), float(agree[i])))
+            out.append(LevelResult(level, level_kind(level), float(found.xy[i, 0]), float(found.xy[i, 1]), labels,
+                                   conf, float(found.localisation[i]), float(found.agreement[i])))
         return out
 
     def points(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,13 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from dicomgen import SeriesSpec, write_series
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from ai.infer import LevelResult
+from ai.infer import LevelResult, Located
 from ai.labels import LEVELS, level_kind
 from dicomnode.config import Config, SchedulerConfig
 from dicomnode.jobs import JobRunner, reprocess_study, retry_job
@@ -22,14 +23,18 @@ from storage.states import JobState
 
 
 class FakeAnalyzer:
-    version = "fake-1"
-    calls = 0
+    """The pipeline's two calls (locate every candidate slice, grade the chosen one) without a network."""
 
-    def analyze(self, pixels, spacing):
-        FakeAnalyzer.calls += 1
+    version = "fake-1"
+
+    def locate_slice(self, pixels):
         rows, cols = pixels.shape
-        return [LevelResult(lv, level_kind(lv), cols / 2, rows * (0.1 + 0.07 * i), ["v3"] if lv == "L4-L5" else ["v1"],
-                            0.9, 0.95) for i, lv in enumerate(LEVELS)]
+        xy = np.array([(cols / 2, rows * (0.1 + 0.07 * i)) for i in range(len(LEVELS))])
+        return Located(pixels, xy, np.full(len(LEVELS), 0.95), np.ones(len(LEVELS)))
+
+    def grade_slice(self, found):
+        return [LevelResult(lv, level_kind(lv), float(x), float(y), ["v3"] if lv == "L4-L5" else ["v1"], 0.9, 0.95)
+                for lv, (x, y) in zip(LEVELS, found.xy)]
 
 
 @pytest.fixture
