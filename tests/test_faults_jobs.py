@@ -53,11 +53,12 @@ def test_pacs_down_for_a_minute_then_back(node_factory, tmp_path: Path):
     from peers import Orthanc
 
     pacs = Orthanc(tmp_path / "pacs")  # same ports and storage across the outage
-    pacs.start()
-    node = node_factory(destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom}],
-                        scheduler={"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2},
-                        output={"send_retries": 10, "retry_backoff_seconds": 2}).start()
-    try:
+    try:  # stopped by its PID even when the node fails to start
+        pacs.start()
+        node = node_factory(destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                                           "port": pacs.dicom}],
+                            scheduler={"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2},
+                            output={"send_retries": 10, "retry_backoff_seconds": 2}).start()
         pacs.stop()
         down_at = time.time()
         study = generate_uid()

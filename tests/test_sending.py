@@ -65,8 +65,8 @@ def test_destination_down_then_back_receives_the_results(tmp_path: Path):
     job = jobs(engine)[0]
     assert job.state == "sending" and job.not_before is not None
     assert "retry in" in events(engine, job.id)[-1][1]
-    pacs.start()
     try:
+        pacs.start()
         deadline = time.time() + 60
         while jobs(engine)[0].state == "sending" and time.time() < deadline:
             time.sleep(0.2)
