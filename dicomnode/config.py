@@ -65,6 +65,7 @@ class SchedulerConfig:
 class AIConfig:
     model: str = "default"
     device: str = "auto"
+    candidate_slices: int = 3  # middle slices located per series; the best localised one is graded
 
 
 @dataclass
@@ -177,6 +178,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("destinations: names must be unique")
     if cfg.scheduler.workers < 1:
         raise ConfigError("scheduler.workers: must be at least 1")
+    if not 1 <= cfg.ai.candidate_slices <= 5:
+        raise ConfigError("ai.candidate_slices: must be 1-5")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

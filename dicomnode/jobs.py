@@ -177,7 +177,7 @@ class JobRunner:
             self._finish(job_id, JobState.FAILED, "model_unavailable", f"{type(exc).__name__}: {exc}"[:500])
             return
         try:
-            analysis = analyse(files, analyzer)
+            analysis = analyse(files, analyzer, self.cfg.ai.candidate_slices)
         except NoInput as exc:
             self._finish(job_id, JobState.NO_INPUT, "no_input", str(exc))
             return

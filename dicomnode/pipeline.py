@@ -78,10 +78,10 @@ def load_pixels(ds: Dataset) -> np.ndarray:
     return pixels.astype(np.float32)
 
 
-def analyse(paths: list[Path], analyzer: Analyzer) -> Analysis:
+def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = 3) -> Analysis:
     """Locates the levels on the middle candidate slices and grades the one it localises most confidently
     (grading only that one: the graders are about 40 % of the model's time)."""
-    selection = select(paths)
+    selection = select(paths, candidates)
     if selection.series is None:
         raise NoInput(selection.reason)
     best: tuple[Dataset, np.ndarray, Located] | None = None

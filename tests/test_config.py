@@ -12,6 +12,15 @@ def test_bundled_default_matches_the_documented_defaults():
     assert cfg.node.data_dir == "var"
     assert cfg.security.allowed_callers == []
     assert cfg.destinations == []
+    assert cfg.ai.candidate_slices == 3
+
+
+@pytest.mark.parametrize("n", [0, 6])
+def test_candidate_slices_out_of_range_is_an_error(tmp_path: Path, n: int):
+    p = tmp_path / "c.toml"
+    p.write_text(f"[ai]\ncandidate_slices = {n}\n")
+    with pytest.raises(ConfigError, match="ai.candidate_slices"):
+        load_config(p)
 
 
 @pytest.mark.parametrize("text, key", [

@@ -28,3 +28,10 @@ def test_only_the_best_localised_candidate_is_graded(tmp_path: Path, monkeypatch
     ds = pydicom.dcmread(next(p for p in paths if pydicom.dcmread(p).SOPInstanceUID == chosen))
     alone = analyzer.analyze(ds.pixel_array.astype(np.float32), (1.0, 1.0))
     assert [lv.to_dict() for lv in result.levels] == [lv.to_dict() for lv in alone]
+
+
+def test_one_candidate_locates_only_the_middle_slice(tmp_path: Path):
+    paths = write_series(tmp_path / "in", SeriesSpec(slices=5), "1.2.826.0.1.3680043.8.498.2")
+    result = analyse(paths, Analyzer.load("default", "cpu"), candidates=1)
+    assert list(result.slice_scores) == [str(result.source.SOPInstanceUID)]
+    assert result.source.InstanceNumber == 3  # the middle of five
