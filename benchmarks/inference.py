@@ -1,6 +1,6 @@
 """CPU time and peak memory per study for the shipped model (JSON). Uses the annotated slices in ../shared when
 present, else synthetic slices. `wall_s_per_study_*`: one slice analysed; `node_wall_s_per_study_*`: as the node
-does it for a series, three candidate slices located and the best one graded (train150 has one slice per study,
+does it for a series, the default number of candidate slices (3) located and the best one graded (train150 has one slice per study,
 so its slice stands in for all three).
 
     .venv/bin/python benchmarks/inference.py [--model default] [--n 20] [--threads 2]
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from ai.infer import Analyzer  # noqa: E402
+from dicomnode.config import AIConfig  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tianchi-spark-train150"
 
@@ -57,7 +58,7 @@ def main() -> None:
     node = []
     for pixels, _ in data:
         w = time.perf_counter()
-        found = [analyzer.locate_slice(pixels) for _ in range(3)]
+        found = [analyzer.locate_slice(pixels) for _ in range(AIConfig.candidate_slices)]
         analyzer.grade_slice(max(found, key=lambda f: f.score))
         node.append(time.perf_counter() - w)
     print(json.dumps({

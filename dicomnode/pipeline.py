@@ -13,7 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ai.infer import Analyzer, LevelResult, Located, numbering_uncertain
-from dicomnode.config import OutputConfig
+from dicomnode.config import AIConfig, OutputConfig
 from dicomnode.report.common import OutputIds
 from dicomnode.report.gsps import build_gsps
 from dicomnode.report.preview import write_png
@@ -78,7 +78,7 @@ def load_pixels(ds: Dataset) -> np.ndarray:
     return pixels.astype(np.float32)
 
 
-def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = 3) -> Analysis:
+def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.candidate_slices) -> Analysis:
     """Locates the levels on the middle candidate slices and grades the one it localises most confidently
     (grading only that one: the graders are about 40 % of the model's time)."""
     selection = select(paths, candidates)
