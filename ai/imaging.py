@@ -14,7 +14,7 @@ INPUT_SIZE = 256  # the landmark model's square input
 def normalise(pixels: np.ndarray) -> np.ndarray:
     """Robust min-max to 0..1 (percentiles, so one hot pixel in a raw MR slice does not darken the rest)."""
     p = pixels.astype(np.float32)
-    lo, hi = np.percentile(p, (0.5, 99.5))
+    lo, hi = (float(v) for v in np.percentile(p, (0.5, 99.5)))  # Python floats: keep float32 (NEP 50)
     if hi <= lo:
         hi = lo + 1.0
     return np.clip((p - lo) / (hi - lo), 0.0, 1.0)

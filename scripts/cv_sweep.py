@@ -121,8 +121,8 @@ def pack_model(out: Path, lm_name: str, gr_name: str, decision: dict, cv_report:
     from ai.decide import Decision
     from ai.infer import Analyzer
 
-    lm = Analyzer.load(out / lm_name, "cpu")
-    gr = Analyzer.load(out / gr_name, "cpu")
+    lm = Analyzer.load(out / lm_name, "cpu", fused=False)  # saved again below
+    gr = Analyzer.load(out / gr_name, "cpu", fused=False)
     meta = dict(lm.meta, crop_size=gr.meta.get("crop_size"), grader_arch=gr.meta.get("grader_arch"),
                 recipe={"landmarks": _recipe_of(out, lm_name), "grader": _recipe_of(out, gr_name)})
     for key in ("decision", "cv_mean", "fold", "val_studies"):
