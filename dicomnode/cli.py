@@ -89,9 +89,17 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from dicomnode.analyze import analyze_path
+    import dataclasses
 
-    result = analyze_path(Path(args.path), Path(args.out), model=args.model, device=args.device, png=args.png)
+    from dicomnode.analyze import analyze_path
+    from dicomnode.config import AIConfig, OutputConfig, check_ai
+
+    cfg = load_config(args.config) if args.config else None  # only when asked: a bare analyze stays reproducible
+    ai = dataclasses.replace(cfg.ai if cfg else AIConfig(), **{
+        k: v for k, v in (("model", args.model), ("device", args.device), ("candidate_slices", args.candidates))
+        if v is not None})
+    check_ai(ai)
+    result = analyze_path(Path(args.path), Path(args.out), ai, cfg.output if cfg else OutputConfig(), png=args.png)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -166,8 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--png", action="store_true", help="also write a preview PNG")
-    sp.add_argument("--model", default="default")
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--config", help="TOML file: its [ai] and [output] settings, as the service would use them "
+                    "(default: the bundled defaults, whatever $DICOMNODE_CONFIG says)")
+    sp.add_argument("--model", help="name under ai/weights or a folder (default: [ai] model, 'default')")
+    sp.add_argument("--device", help="auto, cpu or cuda (default: [ai] device, 'auto')")
+    sp.add_argument("--candidates", type=int, help="middle slices located before the best is graded, 1-5 "
+                    "(default: [ai] candidate_slices, 3)")
     sp = add("evaluate", cmd_evaluate, "score a model on annotated data (official metric)", config=False)
     sp.add_argument("--data", required=True, help="folder with *_annotation.json and the images")
     sp.add_argument("--model", default="default", help="name under ai/weights or a folder")

@@ -178,8 +178,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("destinations: names must be unique")
     if cfg.scheduler.workers < 1:
         raise ConfigError("scheduler.workers: must be at least 1")
-    if not 1 <= cfg.ai.candidate_slices <= 5:
-        raise ConfigError("ai.candidate_slices: must be 1-5")
+    check_ai(cfg.ai)
+
+
+def check_ai(ai: AIConfig) -> None:
+    """Also called for `dicomnode analyze`, whose flags override the file."""
+    if not 1 <= ai.candidate_slices <= 5:
+        raise ConfigError(f"ai.candidate_slices: must be 1-5, got {ai.candidate_slices}")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -35,6 +35,23 @@ def test_analyze_writes_sr_gsps_png_and_prints_the_contract(tmp_path: Path):
     assert (tmp_path / "out" / "preview.png").stat().st_size > 1000
 
 
+def test_analyze_follows_a_config_file_and_its_flags_override_it(tmp_path: Path):
+    """What the service would do with an admin's settings: [ai] candidate_slices and [output] from --config."""
+    study = tmp_path / "study"
+    write_series(study / "sag", SeriesSpec("T2_TSE_SAG", slices=7), generate_uid())
+    cfg = tmp_path / "node.toml"
+    cfg.write_text("[ai]\ncandidate_slices = 1\n[output]\ngsps = false\n")
+    r = run("analyze", str(study), "--out", str(tmp_path / "a"), "--json", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["selection"]["slice_scores"]) == 1
+    assert (tmp_path / "a" / "sr.dcm").is_file() and not (tmp_path / "a" / "gsps.dcm").exists()
+    r = run("analyze", str(study), "--out", str(tmp_path / "b"), "--json", "--config", str(cfg), "--candidates", "2")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["selection"]["slice_scores"]) == 2
+    r = run("analyze", str(study), "--out", str(tmp_path / "c"), "--candidates", "9")
+    assert r.returncode != 0 and "candidate_slices" in r.stderr and not (tmp_path / "c").exists()
+
+
 def test_analyze_without_sagittal_t2_says_why(tmp_path: Path):
     write_series(tmp_path / "ax", SeriesSpec("T2_TRA", plane="ax"), generate_uid())
     r = run("analyze", str(tmp_path / "ax"), "--out", str(tmp_path / "out"), "--json")
