@@ -14,17 +14,31 @@ from ai.infer import Analyzer
 
 
 def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto") -> dict[str, Any]:
+    """A study that cannot be answered (its image missing or undecodable) stays in the score as unanswered, all
+    its points missed, and is listed under `unanswered` with the reason: a test set is never scored on a quietly
+    chosen subset."""
+    studies = load_dataset(data_dir, require_images=False)
+    if studies and all(st.path is None for st in studies):
+        raise FileNotFoundError(f"none of the {len(studies)} annotated instances is among the files under {data_dir}")
     analyzer = Analyzer.load(model, device)
-    studies = load_dataset(data_dir)
     results = []
     seconds = []
+    unanswered: dict[str, str] = {}
     for st in studies:
-        pixels, spacing = st.load()
-        t0 = time.perf_counter()
-        levels = analyzer.analyze(pixels, spacing)
-        seconds.append(time.perf_counter() - t0)
+        try:
+            pixels, spacing = st.load()
+            if pixels.ndim != 2:
+                raise ValueError(f"expected one grey-scale frame, got pixel data of shape {pixels.shape}")
+            t0 = time.perf_counter()
+            levels = analyzer.analyze(pixels, spacing)
+            seconds.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - missing file, undecodable pixels: recorded, not fatal
+            unanswered[st.study_uid] = f"{type(exc).__name__}: {exc}"[:200]
+            results.append(StudyResult(st, (1.0, 1.0), []))
+            continue
         results.append(StudyResult(st, spacing, [lv.to_dict() for lv in levels]))
     report = evaluate(results)
+    report["unanswered"] = unanswered
     report["model_version"] = analyzer.version
     report["seconds_per_study"] = round(float(np.mean(seconds)), 4) if seconds else None
     return report

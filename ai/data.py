@@ -29,11 +29,13 @@ class Study:
     study_uid: str
     series_uid: str
     instance_uid: str
-    path: Path
+    path: Path | None  # None: the annotated instance is not among the images (see load_annotations)
     points: dict[str, Point] = field(default_factory=dict)
 
     def load(self) -> tuple[np.ndarray, tuple[float, float]]:
         """Pixels as float32 and (row, column) spacing in mm."""
+        if self.path is None:
+            raise FileNotFoundError(f"no image for instance {self.instance_uid}")
         ds = pydicom.dcmread(self.path)
         return ds.pixel_array.astype(np.float32), pixel_spacing(ds)
 
@@ -50,15 +52,17 @@ def parse_labels(tag: dict, kind: str) -> list[str]:
     return labels
 
 
-def load_annotations(annotation_file: Path, image_root: Path | None = None) -> list[Study]:
-    """Studies of one annotation JSON; images looked up by SOP Instance UID under image_root."""
+def load_annotations(annotation_file: Path, image_root: Path | None = None, require_images: bool = True) -> list[Study]:
+    """Studies of one annotation JSON; images looked up by SOP Instance UID under image_root. Without
+    require_images a study whose image is missing keeps path None (evaluation scores it as unanswered; training
+    must not silently lose a study)."""
     image_root = image_root or annotation_file.parent / "images"
     by_uid = index_instances(image_root)
     studies: list[Study] = []
     for entry in json.loads(annotation_file.read_text()):
         data = entry["data"][0]
         path = by_uid.get(data["instanceUid"])
-        if path is None:
+        if path is None and require_images:
             raise FileNotFoundError(f"no image for instance {data['instanceUid']} under {image_root}")
         study = Study(entry["studyUid"], data["seriesUid"], data["instanceUid"], path)
         for raw in data["annotation"][0]["data"]["point"]:
@@ -72,11 +76,16 @@ def load_annotations(annotation_file: Path, image_root: Path | None = None) -> l
 
 
 def index_instances(root: Path) -> dict[str, Path]:
-    """SOP Instance UID -> file, reading headers only."""
+    """SOP Instance UID -> file, reading headers only. Any file name (a PACS export often has no extension);
+    files that are not DICOM (a DICOMDIR's neighbours, READMEs, the annotation itself) are passed over."""
     index: dict[str, Path] = {}
-    for path in sorted(root.rglob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        index[str(ds.SOPInstanceUID)] = path
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        except Exception:  # noqa: BLE001 - not DICOM, or unreadable: not an image of this dataset
+            continue
+        if "SOPInstanceUID" in ds:
+            index.setdefault(str(ds.SOPInstanceUID), path)
     return index
 
 
@@ -87,11 +96,11 @@ def find_annotation(data_dir: Path) -> Path:
     return found[0]
 
 
-def load_dataset(data_dir: Path) -> list[Study]:
+def load_dataset(data_dir: Path, require_images: bool = True) -> list[Study]:
     data_dir = Path(data_dir)
     ann = find_annotation(data_dir)
     root = data_dir / "images" if (data_dir / "images").is_dir() else data_dir
-    return load_annotations(ann, root)
+    return load_annotations(ann, root, require_images)
 
 
 def target_array(study: Study) -> tuple[np.ndarray, np.ndarray]:

@@ -116,13 +116,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ai.cli import evaluate_dir
 
-    report = evaluate_dir(Path(args.data), args.model, args.device)
+    try:
+        report = evaluate_dir(Path(args.data), args.model, args.device)
+    except FileNotFoundError as exc:
+        print(f"dicomnode evaluate: {exc}", file=sys.stderr)
+        return 2
+    for uid, why in report["unanswered"].items():
+        print(f"dicomnode evaluate: study {uid} scored as unanswered: {why}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for k, v in report.items():
-            if k != "per_class":
+            if k not in ("per_class", "unanswered"):
                 print(f"{k:22s} {v}")
+        print(f"{'unanswered':22s} {len(report['unanswered'])}")
         for k, v in report["per_class"].items():
             print(f"  F1 {k:12s} {v['f1']:.3f}  (tp {v['tp']}, fp {v['fp']}, fn {v['fn']})")
     return 0

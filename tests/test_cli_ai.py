@@ -71,3 +71,30 @@ def test_evaluate_json_contract_on_a_subset(shared_data: Path, tmp_path: Path):
         assert key in m
     assert m["studies"] == 8 and m["points"] >= 80
     assert m["within_6mm"] > 0.5  # the shipped model localises real slices
+
+
+@pytest.mark.data
+def test_evaluate_scores_a_missing_image_as_unanswered_and_reads_a_pacs_style_export(shared_data: Path,
+                                                                                     tmp_path: Path):
+    """Files without an extension beside non-DICOM files (a PACS export) are found; a study whose image is
+    missing stays in the score, all its points missed, and is named; none found at all is an error."""
+    data_subset(shared_data, tmp_path, 3)
+    images = sorted((tmp_path / "images").iterdir())
+    for f in images:
+        f.rename(f.with_suffix(""))
+    (tmp_path / "images" / "README").write_text("exported by a PACS\n")
+    ann = json.loads((tmp_path / "sub_annotation.json").read_text())
+    gone = ann[0]
+    (tmp_path / "images" / gone["data"][0]["instanceUid"]).unlink()
+    r = run("evaluate", "--data", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["studies"] == 3 and list(m["unanswered"]) == [gone["studyUid"]]
+    assert gone["studyUid"] in r.stderr
+    gone_points = len(gone["data"][0]["annotation"][0]["data"]["point"])
+    assert m["points"] >= 30 and m["within_6mm"] * m["points"] <= m["points"] - gone_points + 1e-6
+    for f in (tmp_path / "images").iterdir():
+        if f.name != "README":
+            f.unlink()
+    r = run("evaluate", "--data", str(tmp_path), "--json")
+    assert r.returncode == 2 and "none of the 3 annotated instances" in r.stderr
