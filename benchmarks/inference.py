@@ -3,7 +3,9 @@ present, else synthetic slices. `wall_s_per_study_*`: one slice analysed; `node_
 does it for a series, the default number of candidate slices (3) located and the best one graded (train150 has one slice per study,
 so its slice stands in for all three).
 
-    .venv/bin/python benchmarks/inference.py [--model default] [--n 20] [--threads 2]
+    .venv/bin/python benchmarks/inference.py [--model default] [--n 20] [--threads 2] [--unfused]
+
+--unfused: the networks as trained (BatchNorm not folded), the baseline for `ai.infer.for_inference`.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--unfused", action="store_true", help="load the networks without for_inference")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    analyzer = Analyzer.load(args.model, "cpu")
+    analyzer = Analyzer.load(args.model, "cpu", fused=not args.unfused)
     load_s = time.perf_counter() - t0
     data = slices(args.n)
     analyzer.analyze(*data[0])  # warm-up
@@ -62,7 +65,7 @@ def main() -> None:
         analyzer.grade_slice(max(found, key=lambda f: f.score))
         node.append(time.perf_counter() - w)
     print(json.dumps({
-        "model_version": analyzer.version, "studies": len(data), "threads": args.threads,
+        "model_version": analyzer.version, "studies": len(data), "threads": args.threads, "fused": not args.unfused,
         "source": "train150" if SHARED.is_dir() else "synthetic", "model_load_s": round(load_s, 3),
         "wall_s_per_study_mean": round(float(np.mean(wall)), 4), "wall_s_per_study_p95": round(float(np.percentile(wall, 95)), 4),
         "cpu_s_per_study_mean": round(float(np.mean(cpu)), 4),
