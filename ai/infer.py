@@ -121,6 +121,8 @@ class Analyzer:
         return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, pick_device(device))
 
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
+        if any(isinstance(net, torch.fx.GraphModule) for net in (self.landmarks, self.grader)):
+            raise ValueError("a model loaded for inference (fused) cannot be saved: load it with fused=False")
         folder.mkdir(parents=True, exist_ok=True)
         half = lambda sd: {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}  # noqa: E731
         name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"

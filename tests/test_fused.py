@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -59,3 +60,6 @@ def test_a_model_loaded_unfused_saves_again_to_the_same_files(tmp_path: Path):
     img = np.random.default_rng(0).random((200, 160), dtype=np.float32)
     fused, plain = Analyzer.load(tmp_path / "b", "cpu"), Analyzer.load(tmp_path / "b", "cpu", fused=False)
     assert np.allclose(fused.locate(img)[0], plain.locate(img)[0], atol=1e-3)
+    with pytest.raises(ValueError, match="fused=False"):  # its state dict would not load into the nets again
+        fused.save(tmp_path / "c")
+    assert not (tmp_path / "c").exists()
