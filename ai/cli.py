@@ -25,18 +25,15 @@ def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto") -
     seconds = []
     unanswered: dict[str, str] = {}
     for st in studies:
+        spacing, levels = (1.0, 1.0), []
         try:
             pixels, spacing = st.load()
-            if pixels.ndim != 2:
-                raise ValueError(f"expected one grey-scale frame, got pixel data of shape {pixels.shape}")
             t0 = time.perf_counter()
-            levels = analyzer.analyze(pixels, spacing)
+            levels = [lv.to_dict() for lv in analyzer.analyze(pixels, spacing)]
             seconds.append(time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - missing file, undecodable pixels: recorded, not fatal
             unanswered[st.study_uid] = f"{type(exc).__name__}: {exc}"[:200]
-            results.append(StudyResult(st, (1.0, 1.0), []))
-            continue
-        results.append(StudyResult(st, spacing, [lv.to_dict() for lv in levels]))
+        results.append(StudyResult(st, spacing, levels))
     report = evaluate(results)
     report["unanswered"] = unanswered
     report["model_version"] = analyzer.version

@@ -37,7 +37,10 @@ class Study:
         if self.path is None:
             raise FileNotFoundError(f"no image for instance {self.instance_uid}")
         ds = pydicom.dcmread(self.path)
-        return ds.pixel_array.astype(np.float32), pixel_spacing(ds)
+        pixels = ds.pixel_array
+        if pixels.ndim != 2:
+            raise ValueError(f"expected one grey-scale frame, got pixel data of shape {pixels.shape}")
+        return pixels.astype(np.float32), pixel_spacing(ds)
 
 
 def pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:

@@ -92,14 +92,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import dataclasses
 
     from dicomnode.analyze import analyze_path
-    from dicomnode.config import AIConfig, OutputConfig, check_ai
+    from dicomnode.config import AIConfig, check_ai
 
     cfg = load_config(args.config) if args.config else None  # only when asked: a bare analyze stays reproducible
     ai = dataclasses.replace(cfg.ai if cfg else AIConfig(), **{
         k: v for k, v in (("model", args.model), ("device", args.device), ("candidate_slices", args.candidates))
         if v is not None})
     check_ai(ai)
-    result = analyze_path(Path(args.path), Path(args.out), ai, cfg.output if cfg else OutputConfig(), png=args.png)
+    result = analyze_path(Path(args.path), Path(args.out), ai, cfg.output if cfg else None, png=args.png)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
