@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ai.data import load_dataset
+from ai.data import find_annotations, load_dataset
 from ai.evaluate import StudyResult, evaluate
 from ai.infer import Analyzer
 
@@ -36,6 +36,7 @@ def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto") -
         results.append(StudyResult(st, spacing, levels))
     report = evaluate(results)
     report["unanswered"] = unanswered
+    report["annotation_files"] = [str(p) for p in find_annotations(data_dir)]
     report["model_version"] = analyzer.version
     report["seconds_per_study"] = round(float(np.mean(seconds)), 4) if seconds else None
     return report

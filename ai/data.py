@@ -92,18 +92,24 @@ def index_instances(root: Path) -> dict[str, Path]:
     return index
 
 
-def find_annotation(data_dir: Path) -> Path:
-    found = sorted(Path(data_dir).glob("*_annotation.json"))
+def find_annotations(data: Path) -> list[Path]:
+    """Every *_annotation.json in the folder (the challenge ships train150 and train51 side by side: scoring only
+    the first would quietly test a subset), or the annotation file itself."""
+    data = Path(data)
+    found = [data] if data.is_file() else sorted(data.glob("*_annotation.json"))
     if not found:
-        raise FileNotFoundError(f"no *_annotation.json in {data_dir}")
-    return found[0]
+        raise FileNotFoundError(f"no *_annotation.json in {data}")
+    return found
 
 
-def load_dataset(data_dir: Path, require_images: bool = True) -> list[Study]:
-    data_dir = Path(data_dir)
-    ann = find_annotation(data_dir)
-    root = data_dir / "images" if (data_dir / "images").is_dir() else data_dir
-    return load_annotations(ann, root, require_images)
+def load_dataset(data: Path, require_images: bool = True) -> list[Study]:
+    """All annotated studies of a dataset folder (or of one annotation file); images under its `images` folder
+    when there is one, else anywhere beside the annotation."""
+    studies: list[Study] = []
+    for ann in find_annotations(data):
+        root = ann.parent / "images" if (ann.parent / "images").is_dir() else ann.parent
+        studies += load_annotations(ann, root, require_images)
+    return studies
 
 
 def target_array(study: Study) -> tuple[np.ndarray, np.ndarray]:

@@ -98,3 +98,24 @@ def test_evaluate_scores_a_missing_image_as_unanswered_and_reads_a_pacs_style_ex
             f.unlink()
     r = run("evaluate", "--data", str(tmp_path), "--json")
     assert r.returncode == 2 and "none of the 3 annotated instances" in r.stderr
+
+
+@pytest.mark.data
+def test_evaluate_scores_every_annotation_file_or_the_one_named(shared_data: Path, tmp_path: Path):
+    """A challenge ships train150 and train51 side by side: a folder with two annotation files is scored on
+    both, never on whichever sorts first; naming one file scores that file alone."""
+    data_subset(shared_data, tmp_path, 4)
+    ann = json.loads((tmp_path / "sub_annotation.json").read_text())
+    (tmp_path / "sub_annotation.json").unlink()
+    (tmp_path / "a_annotation.json").write_text(json.dumps(ann[:1]))
+    (tmp_path / "b_annotation.json").write_text(json.dumps(ann[1:]))
+    r = run("evaluate", "--data", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["studies"] == 4 and not m["unanswered"]
+    assert [Path(f).name for f in m["annotation_files"]] == ["a_annotation.json", "b_annotation.json"]
+    r = run("evaluate", "--data", str(tmp_path / "b_annotation.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["studies"] == 3 and not m["unanswered"]
+    assert [Path(f).name for f in m["annotation_files"]] == ["b_annotation.json"]
