@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from ai.imaging import grey_frame
 from ai.labels import LEVEL_INDEX, LEVELS, level_kind
 
 
@@ -37,10 +38,7 @@ class Study:
         if self.path is None:
             raise FileNotFoundError(f"no image for instance {self.instance_uid}")
         ds = pydicom.dcmread(self.path)
-        pixels = ds.pixel_array
-        if pixels.ndim != 2:
-            raise ValueError(f"expected one grey-scale frame, got pixel data of shape {pixels.shape}")
-        return pixels.astype(np.float32), pixel_spacing(ds)
+        return grey_frame(ds), pixel_spacing(ds)
 
 
 def pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 INPUT_SIZE = 256  # the landmark model's square input
+
+
+class NotOneFrame(ValueError):
+    """Pixel data with several frames or colour samples: not a slice the nets can read."""
+
+
+def grey_frame(ds: Any) -> np.ndarray:
+    """A DICOM slice as float32 with bright = more signal, as the nets were trained (MONOCHROME1, bright = less
+    signal, is turned over). The one reader for the node and for evaluation; decoding errors come from pydicom."""
+    pixels = ds.pixel_array
+    if pixels.ndim != 2:
+        raise NotOneFrame(f"expected one grey-scale frame, got pixel data of shape {pixels.shape}")
+    pixels = pixels.astype(np.float32)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    return pixels
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:

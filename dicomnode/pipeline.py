@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from ai.imaging import NotOneFrame, grey_frame
 from ai.infer import Analyzer, LevelResult, Located, numbering_uncertain
 from dicomnode.config import AIConfig, OutputConfig
 from dicomnode.report.common import OutputIds
@@ -70,12 +71,11 @@ def load_pixels(ds: Dataset) -> np.ndarray:
     if rows * cols > MAX_PIXELS:
         raise AnalysisError("too_large", f"slice of {rows}x{cols} pixels exceeds the {MAX_PIXELS} pixel limit")
     try:
-        pixels = ds.pixel_array
+        return grey_frame(ds)
+    except NotOneFrame as exc:
+        raise AnalysisError("not_2d", str(exc))
     except Exception as exc:  # noqa: BLE001 - missing or undecodable pixel data
         raise AnalysisError("unreadable_pixels", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"[:300])
-    if pixels.ndim != 2:
-        raise AnalysisError("not_2d", f"expected one grey-scale frame, got shape {pixels.shape}")
-    return pixels.astype(np.float32)
 
 
 def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.candidate_slices) -> Analysis:

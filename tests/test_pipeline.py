@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicomgen import SeriesSpec, write_series
+from dicomgen import SeriesSpec, make_instance, write_series
 
+from ai.data import load_dataset
 from ai.infer import Analyzer
 from dicomnode.pipeline import analyse
 
@@ -35,3 +36,24 @@ def test_one_candidate_locates_only_the_middle_slice(tmp_path: Path):
     result = analyse(paths, Analyzer.load("default", "cpu"), candidates=1)
     assert list(result.slice_scores) == [str(result.source.SOPInstanceUID)]
     assert result.source.InstanceNumber == 3  # the middle of five
+
+
+@pytest.mark.data
+def test_a_monochrome1_slice_is_read_bright_for_signal(shared_data: Path, tmp_path: Path):
+    """MR may be stored MONOCHROME1 (bright = low value); the nets learnt bright = signal. The same real slice
+    stored both ways gives the same levels; read without turning it over, it would not."""
+    pixels, _ = load_dataset(shared_data)[0].load()
+    analyzer = Analyzer.load("default", "cpu")
+    spec = SeriesSpec(slices=1, rows=pixels.shape[0], cols=pixels.shape[1])
+    results = []
+    for photometric, stored in (("MONOCHROME2", pixels), ("MONOCHROME1", pixels.max() - pixels)):
+        ds = make_instance(spec, "1.2.826.0.1.3680043.8.498.3", "1.2.826.0.1.3680043.8.498.4", 0, stored)
+        ds.PhotometricInterpretation = photometric
+        path = tmp_path / f"{photometric}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        results.append(analyse([path], analyzer, candidates=1))
+    plain, inverted = ([(lv.x, lv.y) for lv in r.levels] for r in results)
+    assert np.allclose(plain, inverted, atol=0.05)
+    assert [lv.labels for lv in results[0].levels] == [lv.labels for lv in results[1].levels]
+    as_stored = analyzer.analyze(pixels.max() - pixels, (1.0, 1.0))
+    assert not np.allclose(plain, [(lv.x, lv.y) for lv in as_stored], atol=2.0)
