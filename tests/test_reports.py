@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from dicomgen import SeriesSpec, make_instance
 from pydicom.uid import generate_uid
 
@@ -100,6 +101,25 @@ def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path
             assert any(abs(x - cx) < 0.01 and abs(y - cy) < 0.01 for cx, cy in coords), (level, x, y)
     normal = [v for v in lv if v.level == "L1-L2"][0]
     assert any(abs(normal.x - cx) < 0.01 and abs(normal.y - cy) < 0.01 for cx, cy in coords)
+
+
+def test_gsps_keeps_a_monochrome1_image_the_right_way_round(tmp_path: Path):
+    """PS3.3 C.11.6: the presentation state's LUT shape replaces the image's polarity; MONOCHROME1 needs INVERSE."""
+    src, _ = source(tmp_path)
+    assert build_gsps(src, levels(), "t", OutputIds(src.StudyInstanceUID, 1)).PresentationLUTShape == "IDENTITY"
+    src.PhotometricInterpretation = "MONOCHROME1"
+    src_path = write(src, tmp_path / "src1.dcm")
+    pr = write(build_gsps(src, levels(), "t", OutputIds(src.StudyInstanceUID, 1)), tmp_path / "pr1.dcm")
+    assert pydicom.dcmread(pr).PresentationLUTShape == "INVERSE"
+    assert dciodvfy_errors(pr) == []
+    r = subprocess.run(["dcmpschk", str(pr)], capture_output=True, text=True, timeout=60)
+    assert "Test passed" in r.stdout + r.stderr
+    r = subprocess.run(["dcmp2pgm", "-p", str(pr), str(src_path), str(tmp_path / "shown.pgm")], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    shown = np.asarray(Image.open(tmp_path / "shown.pgm"), dtype=np.float64)
+    stored = src.pixel_array.astype(np.float64)
+    assert np.corrcoef(shown.ravel(), stored.ravel())[0, 1] < -0.9  # high stored values shown dark, as MONOCHROME1 means
 
 
 @pytest.mark.parametrize("charset, name", [("GB18030", "张三^李四"), ("ISO_IR 192", "王^小明"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from highdicom import PresentationLUTTransformation
 from highdicom.color import CIELabColor
 from highdicom.pr import (
     AnnotationUnitsValues, GraphicAnnotation, GraphicLayer, GraphicObject, GraphicTypeValues,
@@ -42,6 +43,13 @@ def outline(levels: list[LevelResult]) -> dict[str, np.ndarray]:
 
 def label_text(lv: LevelResult) -> str:
     return f"{lv.level} " + ", ".join(LABEL_TEXT.get((lv.kind, lab), lab) for lab in lv.labels)
+
+
+def polarity(source: Dataset) -> PresentationLUTTransformation:
+    """A presentation state overrides the image's own polarity: a MONOCHROME1 image (low value shown bright)
+    needs INVERSE, or a viewer applying our GSPS would show it as a negative."""
+    inverse = source.get("PhotometricInterpretation") == "MONOCHROME1"
+    return PresentationLUTTransformation(presentation_lut_shape="INVERSE" if inverse else "IDENTITY")
 
 
 def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds,
@@ -89,7 +97,7 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
         content_label="AI_SPINE", content_description=f"AI: {len(abnormal_objs)} abnormal disc(s); {caveat}",
         graphic_annotations=annotations or None, graphic_layers=layers or None,
         content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version),
-        specific_character_set=character_set(source))
+        specific_character_set=character_set(source), presentation_lut_transformation=polarity(source))
     pr.SeriesDescription = description
     carry_patient_context(pr, source)
     return pr
