@@ -53,18 +53,16 @@ def parse_labels(tag: dict, kind: str) -> list[str]:
     return labels
 
 
-def load_annotations(annotation_file: Path, image_root: Path | None = None, require_images: bool = True) -> list[Study]:
-    """Studies of one annotation JSON; images looked up by SOP Instance UID under image_root. Without
+def load_annotations(annotation_file: Path, by_uid: dict[str, Path], require_images: bool = True) -> list[Study]:
+    """Studies of one annotation JSON; images looked up by SOP Instance UID (`index_instances`). Without
     require_images a study whose image is missing keeps path None (evaluation scores it as unanswered; training
     must not silently lose a study)."""
-    image_root = image_root or annotation_file.parent / "images"
-    by_uid = index_instances(image_root)
     studies: list[Study] = []
     for entry in json.loads(annotation_file.read_text()):
         data = entry["data"][0]
         path = by_uid.get(data["instanceUid"])
         if path is None and require_images:
-            raise FileNotFoundError(f"no image for instance {data['instanceUid']} under {image_root}")
+            raise FileNotFoundError(f"no image for instance {data['instanceUid']} beside {annotation_file}")
         study = Study(entry["studyUid"], data["seriesUid"], data["instanceUid"], path)
         for raw in data["annotation"][0]["data"]["point"]:
             level = raw["tag"].get("identification", "")
@@ -104,9 +102,12 @@ def load_dataset(data: Path, require_images: bool = True) -> list[Study]:
     """All annotated studies of a dataset folder (or of one annotation file); images under its `images` folder
     when there is one, else anywhere beside the annotation."""
     studies: list[Study] = []
+    indexes: dict[Path, dict[str, Path]] = {}  # annotation files side by side share one scan of their images
     for ann in find_annotations(data):
         root = ann.parent / "images" if (ann.parent / "images").is_dir() else ann.parent
-        studies += load_annotations(ann, root, require_images)
+        if root not in indexes:
+            indexes[root] = index_instances(root)
+        studies += load_annotations(ann, indexes[root], require_images)
     return studies
 
 
