@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pydicom.filewriter
 import pytest
 from dicomgen import SeriesSpec, data_subset, write_series
 from peers import DICOMNODE
@@ -76,8 +77,9 @@ def test_evaluate_json_contract_on_a_subset(shared_data: Path, tmp_path: Path):
 @pytest.mark.data
 def test_evaluate_scores_a_missing_image_as_unanswered_and_reads_a_pacs_style_export(shared_data: Path,
                                                                                      tmp_path: Path):
-    """Files without an extension beside non-DICOM files (a PACS export) are found; a study whose image is
-    missing stays in the score, all its points missed, and is named; none found at all is an error."""
+    """Files without an extension beside non-DICOM files (a PACS export) are found, a bare data set without the
+    Part 10 header too; a study whose image is missing stays in the score, all its points missed, and is named;
+    none found at all is an error."""
     data_subset(shared_data, tmp_path, 3)
     images = sorted((tmp_path / "images").iterdir())
     for f in images:
@@ -86,6 +88,11 @@ def test_evaluate_scores_a_missing_image_as_unanswered_and_reads_a_pacs_style_ex
     ann = json.loads((tmp_path / "sub_annotation.json").read_text())
     gone = ann[0]
     (tmp_path / "images" / gone["data"][0]["instanceUid"]).unlink()
+    bare = tmp_path / "images" / ann[1]["data"][0]["instanceUid"]  # no preamble, no file meta: an old archive's
+    ds = pydicom.dcmread(bare)
+    ds.preamble, ds.file_meta = None, pydicom.dataset.FileMetaDataset()
+    pydicom.filewriter.dcmwrite(bare, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert bare.read_bytes()[128:132] != b"DICM"
     r = run("evaluate", "--data", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
