@@ -12,11 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-from ai.imaging import grey_frame
+from ai.imaging import grey_frame, read_file
 from ai.labels import LEVEL_INDEX, LEVELS, level_kind
 
 
@@ -42,23 +38,6 @@ class Study:
             raise FileNotFoundError(f"no image for instance {self.instance_uid}")
         ds = read_file(self.path)
         return grey_frame(ds), pixel_spacing(ds)
-
-
-def read_file(path: Path, **kw: object) -> pydicom.Dataset:
-    """A DICOM file, or a bare data set without the Part 10 header (older exports and archives write those): the
-    encoding it was read in stands in for the missing Transfer Syntax. Raises InvalidDicomError for other files."""
-    try:
-        return pydicom.dcmread(path, **kw)  # type: ignore[arg-type]
-    except InvalidDicomError:
-        ds = pydicom.dcmread(path, force=True, **kw)  # type: ignore[arg-type]
-        if "SOPInstanceUID" not in ds:
-            raise
-    if "TransferSyntaxUID" not in (ds.file_meta or {}):  # a compressed set keeps the syntax it names
-        implicit, little = ds.original_encoding
-        ds.file_meta = ds.file_meta or FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    return ds
 
 
 def pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:

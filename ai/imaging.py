@@ -1,20 +1,41 @@
-"""Pixel preparation shared by training and inference, so both see the same input."""
+"""Reading and preparing a slice's pixels, shared by the node, training and evaluation, so all see the same input."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import torch
 import torch.nn.functional as F
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 INPUT_SIZE = 256  # the landmark model's square input
 
 
 class NotOneFrame(ValueError):
     """Pixel data with several frames or colour samples: not a slice the nets can read."""
+
+
+def read_file(path: Path, **kw: object) -> pydicom.Dataset:
+    """A DICOM file, or a bare data set without the Part 10 header (older exports and archives write those): the
+    encoding it was read in stands in for the missing Transfer Syntax. Raises InvalidDicomError for other files."""
+    try:
+        return pydicom.dcmread(path, **kw)  # type: ignore[arg-type]
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, force=True, **kw)  # type: ignore[arg-type]
+        if "SOPInstanceUID" not in ds:
+            raise
+    if "TransferSyntaxUID" not in (ds.file_meta or {}):  # a compressed set keeps the syntax it names
+        implicit, little = ds.original_encoding
+        ds.file_meta = ds.file_meta or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
 
 
 def grey_frame(ds: Any) -> np.ndarray:

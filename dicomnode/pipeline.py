@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
-from ai.imaging import NotOneFrame, grey_frame
+from ai.imaging import NotOneFrame, grey_frame, read_file
 from ai.infer import Analyzer, LevelResult, Located, numbering_uncertain
 from dicomnode.config import AIConfig, OutputConfig
 from dicomnode.report.common import OutputIds
@@ -88,7 +87,7 @@ def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.ca
     scores: dict[str, float] = {}
     errors: list[AnalysisError] = []
     for h in selection.candidates:
-        ds = pydicom.dcmread(h.path)
+        ds = read_file(h.path)
         try:
             pixels = load_pixels(ds)
         except AnalysisError as exc:

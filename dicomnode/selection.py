@@ -13,6 +13,8 @@ import numpy as np
 import pydicom
 from pydicom.uid import MRImageStorage
 
+from ai.imaging import read_file
+
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ImageType",
     "SeriesDescription", "ProtocolName", "SequenceName", "ImageOrientationPatient", "ImagePositionPatient",
@@ -78,7 +80,7 @@ def read_headers(paths: list[Path]) -> tuple[list[Header], list[str]]:
     headers, problems = [], []
     for p in paths:
         try:
-            headers.append(Header(p, pydicom.dcmread(p, stop_before_pixels=True, specific_tags=HEADER_TAGS)))
+            headers.append(Header(p, read_file(p, stop_before_pixels=True, specific_tags=HEADER_TAGS)))
         except Exception as exc:  # noqa: BLE001 - one unreadable file must not sink the study
             problems.append(f"{p.name}: {type(exc).__name__}")
     return headers, problems

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.filewriter
 import pytest
 from dicomgen import SeriesSpec, make_instance, write_series
 
@@ -57,3 +58,17 @@ def test_a_monochrome1_slice_is_read_bright_for_signal(shared_data: Path, tmp_pa
     assert [lv.labels for lv in results[0].levels] == [lv.labels for lv in results[1].levels]
     as_stored = analyzer.analyze(pixels.max() - pixels, (1.0, 1.0))
     assert not np.allclose(plain, [(lv.x, lv.y) for lv in as_stored], atol=2.0)
+
+
+def test_a_series_of_bare_data_sets_is_analysed_like_part10_files(tmp_path: Path):
+    """`dicomnode analyze` on an old archive's files (no preamble, no file meta) finds the series and gives the
+    levels it gives for the same slices written as Part 10 files."""
+    paths = write_series(tmp_path / "in", SeriesSpec(slices=3), "1.2.826.0.1.3680043.8.498.5")
+    analyzer = Analyzer.load("default", "cpu")
+    part10 = analyse(paths, analyzer, candidates=1)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.preamble, ds.file_meta = None, pydicom.dataset.FileMetaDataset()
+        pydicom.filewriter.dcmwrite(p, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    bare = analyse(paths, analyzer, candidates=1)
+    assert [lv.to_dict() for lv in bare.levels] == [lv.to_dict() for lv in part10.levels]
