@@ -14,6 +14,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
     UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless, MRImageStorage, RLELossless,
@@ -120,6 +121,13 @@ def make_instance(spec: SeriesSpec, study_uid: str, series_uid: str, index: int,
     ds.PixelRepresentation = 0
     ds.PixelData = img.astype(np.uint16).tobytes()
     return ds
+
+
+def write_bare(path: Path) -> None:
+    """Rewrites a DICOM file as a bare data set (no preamble, no file meta), as older archives export."""
+    ds = pydicom.dcmread(path)
+    ds.preamble, ds.file_meta = None, FileMetaDataset()
+    dcmwrite(path, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
 
 
 def write_series(folder: Path, spec: SeriesSpec, study_uid: str, **kw: object) -> list[Path]:

@@ -7,9 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pydicom
-import pydicom.filewriter
 import pytest
-from dicomgen import SeriesSpec, data_subset, write_series
+from dicomgen import SeriesSpec, data_subset, write_bare, write_series
 from peers import DICOMNODE
 from pydicom.uid import generate_uid
 
@@ -89,9 +88,7 @@ def test_evaluate_scores_a_missing_image_as_unanswered_and_reads_a_pacs_style_ex
     gone = ann[0]
     (tmp_path / "images" / gone["data"][0]["instanceUid"]).unlink()
     bare = tmp_path / "images" / ann[1]["data"][0]["instanceUid"]  # no preamble, no file meta: an old archive's
-    ds = pydicom.dcmread(bare)
-    ds.preamble, ds.file_meta = None, pydicom.dataset.FileMetaDataset()
-    pydicom.filewriter.dcmwrite(bare, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    write_bare(bare)
     assert bare.read_bytes()[128:132] != b"DICM"
     r = run("evaluate", "--data", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pydicom.filewriter
 import pytest
-from dicomgen import SeriesSpec, make_instance, write_series
+from dicomgen import SeriesSpec, make_instance, write_bare, write_series
 
 from ai.data import load_dataset
 from ai.infer import Analyzer
@@ -67,8 +66,6 @@ def test_a_series_of_bare_data_sets_is_analysed_like_part10_files(tmp_path: Path
     analyzer = Analyzer.load("default", "cpu")
     part10 = analyse(paths, analyzer, candidates=1)
     for p in paths:
-        ds = pydicom.dcmread(p)
-        ds.preamble, ds.file_meta = None, pydicom.dataset.FileMetaDataset()
-        pydicom.filewriter.dcmwrite(p, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+        write_bare(p)
     bare = analyse(paths, analyzer, candidates=1)
     assert [lv.to_dict() for lv in bare.levels] == [lv.to_dict() for lv in part10.levels]
