@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+
 from ai.imaging import grey_frame, read_file
 from ai.labels import LEVEL_INDEX, LEVELS, level_kind
 

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--candidates", type=int, help="middle slices located before the best is graded, 1-5 "
                     "(default: [ai] candidate_slices, 3)")
     sp = add("evaluate", cmd_evaluate, "score a model on annotated data (official metric)", config=False)
-    sp.add_argument("--data", required=True, help="folder with *_annotation.json file(s) and the images, or one annotation file")
+    sp.add_argument("--data", required=True,
+                    help="folder with *_annotation.json file(s) and the images, or one annotation file")
     sp.add_argument("--model", default="default", help="name under ai/weights or a folder")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--json", action="store_true")

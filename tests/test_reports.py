@@ -119,7 +119,8 @@ def test_gsps_keeps_a_monochrome1_image_the_right_way_round(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     shown = np.asarray(Image.open(tmp_path / "shown.pgm"), dtype=np.float64)
     stored = src.pixel_array.astype(np.float64)
-    assert np.corrcoef(shown.ravel(), stored.ravel())[0, 1] < -0.9  # high stored values shown dark, as MONOCHROME1 means
+    # high stored values shown dark, as MONOCHROME1 means
+    assert np.corrcoef(shown.ravel(), stored.ravel())[0, 1] < -0.9
 
 
 @pytest.mark.parametrize("charset, name", [("GB18030", "张三^李四"), ("ISO_IR 192", "王^小明"),
