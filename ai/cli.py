@@ -13,14 +13,14 @@ from ai.evaluate import StudyResult, evaluate
 from ai.infer import Analyzer
 
 
-def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto") -> dict[str, Any]:
+def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
     """A study that cannot be answered (its image missing or undecodable) stays in the score as unanswered, all
     its points missed, and is listed under `unanswered` with the reason: a test set is never scored on a quietly
     chosen subset."""
     studies = load_dataset(data_dir, require_images=False)
     if studies and all(st.path is None for st in studies):
         raise FileNotFoundError(f"none of the {len(studies)} annotated instances is among the files under {data_dir}")
-    analyzer = Analyzer.load(model, device)
+    analyzer = Analyzer.load(model, device, int8=int8)
     results = []
     seconds = []
     unanswered: dict[str, str] = {}
@@ -38,5 +38,6 @@ def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto") -
     report["unanswered"] = unanswered
     report["annotation_files"] = [str(p) for p in find_annotations(data_dir)]
     report["model_version"] = analyzer.version
+    report["int8_graders"] = analyzer.int8_graders
     report["seconds_per_study"] = round(float(np.mean(seconds)), 4) if seconds else None
     return report

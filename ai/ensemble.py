@@ -6,7 +6,8 @@ Each member folder holds a final model (model.json and weights) and the oof.json
 same folds (`ai.train.folds_of`, seed 0). The ensemble's CV figures combine those held-out predictions as the
 ensemble combines its members (median points, mean probabilities; each grader's probabilities are those it gave
 at its own member's points, the one approximation), and its decision rule is tuned on them as `ai.train.run`
-tunes a single model's. Graders are copied as int8 (`ai.infer.store_int8`).
+tunes a single model's. Graders are copied as int8 (`ai.infer.store_int8`) and their int8 activation ranges
+measured on the data (`ai.quantize`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from ai.chain import carry, repair_skip
 from ai.data import load_dataset
 from ai.infer import store_int8
+from ai.quantize import calibrate_folder
 from ai.train import folds_of, prepare, summarise
 
 
@@ -78,6 +80,7 @@ def assemble(data: Path, out: Path, locate: list[Path], grade: list[Path], folds
             "trained_on": len(items)}
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out / "cv.json").write_text(json.dumps(report, indent=2) + "\n")
+    calibrate_folder(out, items)
     return report
 
 

@@ -24,6 +24,7 @@ from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
 from ai.infer import Analyzer, level_crops
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
 from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet
+from ai.quantize import calibrate_folder
 
 Log = Callable[[str], None]
 
@@ -355,6 +356,8 @@ def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5
     if final_model is not None:
         final_model.decision = Decision.from_dict(report.get("decision", Decision().to_dict()))
         final_model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items)})
+        if final_model.grader is not None:
+            calibrate_folder(out_dir, items)
     report["total_seconds"] = round(time.time() - t_start)
     report["torch_threads"] = torch.get_num_threads()
     (out_dir / "cv.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -3,9 +3,10 @@ present, else synthetic slices. `wall_s_per_study_*`: one slice analysed; `node_
 does it for a series, the default number of candidate slices (3) located and the best one graded (train150 has one slice per study,
 so its slice stands in for all three).
 
-    .venv/bin/python benchmarks/inference.py [--model default] [--n 20] [--threads 2] [--unfused]
+    .venv/bin/python benchmarks/inference.py [--model default] [--n 20] [--threads 2] [--unfused] [--fp32-graders]
 
---unfused: the networks as trained (BatchNorm not folded), the baseline for `ai.infer.for_inference`.
+--unfused: the networks as trained (BatchNorm not folded, graders fp32), the baseline for `ai.infer.for_inference`;
+--fp32-graders: folded, but the graders in fp32 instead of int8 (`ai.quantize`).
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--unfused", action="store_true", help="load the networks without for_inference")
+    ap.add_argument("--fp32-graders", action="store_true", help="graders in fp32 instead of int8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    analyzer = Analyzer.load(args.model, "cpu", fused=not args.unfused)
+    analyzer = Analyzer.load(args.model, "cpu", fused=not args.unfused, int8=not args.fp32_graders)
     load_s = time.perf_counter() - t0
     data = slices(args.n)
     analyzer.analyze(*data[0])  # warm-up
@@ -61,11 +63,12 @@ def main() -> None:
     node = []
     for pixels, _ in data:
         w = time.perf_counter()
-        found = [analyzer.locate_slice(pixels) for _ in range(AIConfig.candidate_slices)]
+        found = analyzer.locate_slices([pixels] * AIConfig.candidate_slices)
         analyzer.grade_slice(max(found, key=lambda f: f.score))
         node.append(time.perf_counter() - w)
     print(json.dumps({
         "model_version": analyzer.version, "studies": len(data), "threads": args.threads, "fused": not args.unfused,
+        "int8_graders": analyzer.int8_graders,
         "source": "train150" if SHARED.is_dir() else "synthetic", "model_load_s": round(load_s, 3),
         "wall_s_per_study_mean": round(float(np.mean(wall)), 4), "wall_s_per_study_p95": round(float(np.percentile(wall, 95)), 4),
         "cpu_s_per_study_mean": round(float(np.mean(cpu)), 4),

@@ -24,7 +24,7 @@ def analyze_path(path: Path, out: Path, ai: AIConfig | None = None, output: Outp
     if not files:
         return {"error": "no_input", "reason": f"no files under {path}", "levels": []}
     try:
-        analysis = analyse(files, get_analyzer(ai.model, ai.device), ai.candidate_slices)
+        analysis = analyse(files, get_analyzer(ai.model, ai.device, ai.int8_graders), ai.candidate_slices)
     except NoInput as exc:
         return {"error": "no_input", "reason": str(exc), "levels": []}
     except AnalysisError as exc:

@@ -117,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ai.cli import evaluate_dir
 
     try:
-        report = evaluate_dir(Path(args.data), args.model, args.device)
+        report = evaluate_dir(Path(args.data), args.model, args.device, int8=not args.fp32_graders)
     except FileNotFoundError as exc:
         print(f"dicomnode evaluate: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder with *_annotation.json file(s) and the images, or one annotation file")
     sp.add_argument("--model", default="default", help="name under ai/weights or a folder")
     sp.add_argument("--device", default="auto")
+    sp.add_argument("--fp32-graders", action="store_true",
+                    help="grade in fp32 on a CPU too (default: int8 where calibrated, as the node runs)")
     sp.add_argument("--json", action="store_true")
     sp = add("train", cmd_train, "k-fold CV, then a final fit on all data", config=False)
     sp.add_argument("--data", required=True)

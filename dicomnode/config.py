@@ -66,6 +66,7 @@ class AIConfig:
     model: str = "default"
     device: str = "auto"
     candidate_slices: int = 3  # middle slices located per series; the best localised one is graded
+    int8_graders: bool = True  # on a CPU, graders with measured activation ranges run in int8 (model card)
 
 
 @dataclass

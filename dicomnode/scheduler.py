@@ -20,7 +20,8 @@ log = logs.get("dicomnode.scheduler")
 class Scheduler:
     def __init__(self, cfg: Config, engine: Any, store: FileStore) -> None:
         self.cfg = cfg
-        self.runner = JobRunner(cfg, engine, store, lambda: get_analyzer(cfg.ai.model, cfg.ai.device))
+        ai = cfg.ai
+        self.runner = JobRunner(cfg, engine, store, lambda: get_analyzer(ai.model, ai.device, ai.int8_graders))
         self.aps = BackgroundScheduler(timezone="UTC")
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -32,7 +33,7 @@ class Scheduler:
         if resumed:
             log.info("jobs resumed", count=resumed)
         try:  # load before work arrives; without a model the node still receives, and jobs say why they fail
-            analyzer = get_analyzer(self.cfg.ai.model, self.cfg.ai.device)
+            analyzer = get_analyzer(self.cfg.ai.model, self.cfg.ai.device, self.cfg.ai.int8_graders)
             self.model_version = analyzer.version
             log.info("model loaded", model_version=analyzer.version, device=str(analyzer.device))
         except Exception as exc:  # noqa: BLE001

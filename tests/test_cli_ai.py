@@ -71,6 +71,10 @@ def test_evaluate_json_contract_on_a_subset(shared_data: Path, tmp_path: Path):
         assert key in m
     assert m["studies"] == 8 and m["points"] >= 80
     assert m["within_6mm"] > 0.5  # the shipped model localises real slices
+    assert m["int8_graders"] is True  # graded as the node grades on a CPU
+    r = run("evaluate", "--data", str(tmp_path), "--json", "--fp32-graders")
+    fp32 = json.loads(r.stdout)
+    assert fp32["int8_graders"] is False and fp32["within_6mm"] == m["within_6mm"]  # the same points
 
 
 @pytest.mark.data

@@ -50,6 +50,18 @@ def test_ensemble_takes_the_median_point_and_the_mean_grade(tmp_path: Path):
     assert np.allclose([lv.agreement for lv in levels], 1 - far.mean(0))
 
 
+def test_candidate_slices_located_in_one_batch_get_the_points_of_one_at_a_time(tmp_path: Path):
+    ens = Analyzer.load(_ensemble_folder(tmp_path), "cpu")
+    rng = np.random.default_rng(1)
+    slices = [rng.random(shape, dtype=np.float32) * 900 for shape in ((200, 160), (200, 160), (240, 240))]
+    batch = ens.locate_slices(slices)
+    for pixels, found in zip(slices, batch):
+        alone = ens.locate_slices([pixels])[0]
+        assert np.allclose(found.xy, alone.xy, atol=1e-3) and np.allclose(found.loc, alone.loc, atol=1e-5)
+        assert np.array_equal(found.agreement, alone.agreement)
+    assert not np.allclose(batch[0].xy, batch[1].xy)  # each slice its own points
+
+
 def test_numbering_is_uncertain_when_the_nets_disagree_at_most_levels():
     def study(agreements: list[float]) -> list[LevelResult]:
         return [LevelResult("L1", "vertebra", 0, 0, ["v1"], 0.9, 0.9, a) for a in agreements]
@@ -99,5 +111,6 @@ def test_assemble_scores_the_members_out_of_fold_and_loads(shared_data: Path, tm
     assert meta["decision"] == report["decision"]
     assert not (tmp_path / "ens" / "m3" / "grader.safetensors").exists()
     ens = Analyzer.load(tmp_path / "ens", "cpu")
+    assert ens.int8_graders  # the graders' activation ranges were measured on the data as they were copied
     levels = ens.analyze(*load_dataset(data)[0].load())
     assert len(levels) == 11

@@ -27,10 +27,13 @@ class FakeAnalyzer:
 
     version = "fake-1"
 
-    def locate_slice(self, pixels):
-        rows, cols = pixels.shape
-        xy = np.array([(cols / 2, rows * (0.1 + 0.07 * i)) for i in range(len(LEVELS))])
-        return Located(pixels, xy, np.full(len(LEVELS), 0.95), np.ones(len(LEVELS)))
+    def locate_slices(self, slices):
+        found = []
+        for pixels in slices:
+            rows, cols = pixels.shape
+            xy = np.array([(cols / 2, rows * (0.1 + 0.07 * i)) for i in range(len(LEVELS))])
+            found.append(Located(pixels, xy, np.full(len(LEVELS), 0.95), np.ones(len(LEVELS))))
+        return found
 
     def grade_slice(self, found):
         return [LevelResult(lv, level_kind(lv), float(x), float(y), ["v3"] if lv == "L4-L5" else ["v1"], 0.9, 0.95)

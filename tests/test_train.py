@@ -69,6 +69,7 @@ def test_run_writes_cv_report_and_a_final_model_with_the_tuned_decision(shared_d
     assert meta["decision"] == report["decision"] and meta["cv_mean"] == report["cv_mean"]
     assert (meta["input_size"], meta["crop_size"]) == (128, 32)
     model = Analyzer.load(out, "cpu")
+    assert model.int8_graders  # the final model's int8 activation ranges were measured on the training data
     study = load_dataset(data)[0]
     levels = model.analyze(*study.load())
     assert len(levels) == 11 and all(np.isfinite([lv.x for lv in levels]))
