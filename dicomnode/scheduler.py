@@ -35,7 +35,8 @@ class Scheduler:
         try:  # load before work arrives; without a model the node still receives, and jobs say why they fail
             analyzer = get_analyzer(self.cfg.ai.model, self.cfg.ai.device, self.cfg.ai.int8_graders)
             self.model_version = analyzer.version
-            log.info("model loaded", model_version=analyzer.version, device=str(analyzer.device))
+            log.info("model loaded", model_version=analyzer.version, device=str(analyzer.device),
+                     int8_graders=analyzer.int8_graders)
         except Exception as exc:  # noqa: BLE001
             log.error("model not loaded", model=self.cfg.ai.model, error=f"{type(exc).__name__}: {exc}"[:300])
         self.aps.add_job(self._tick, "interval", seconds=self.cfg.scheduler.poll_seconds, max_instances=1,

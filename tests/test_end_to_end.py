@@ -94,5 +94,7 @@ def test_orthanc_to_node_to_orthanc(node_factory, orthanc_factory, shared_data, 
     assert len(jobs[0]["selection"]["candidates"]) == 3
     node.stop()
     assert_no_phi(node)
+    loaded = [e for e in node.log_lines() if e.get("event") == "model loaded"]
+    assert loaded and loaded[0]["int8_graders"] is True  # the admin sees how the CPU node grades
     (tmp_path / "latency.json").write_text(json.dumps({"latency_s": round(latency, 2)}))
     print(f"\nlast instance pushed -> SR+GSPS stored in Orthanc: {latency:.1f} s")

@@ -81,6 +81,8 @@ def test_a_model_loads_int8_only_where_its_ranges_fit(tmp_path: Path):
     assert not quantize.is_int8(fallback.grader)
     img = np.random.default_rng(0).random((200, 160), dtype=np.float32)
     assert len(fallback.analyze(img, (0.7, 0.7))) == len(LEVELS)
+    xy, _ = plain.locate(img)  # the failed int8 build left the fp32 grader as it was: same weights, same grades
+    assert np.allclose(fallback.grade(img, xy), plain.grade(img, xy), atol=1e-5)
 
 
 def test_the_shipped_graders_run_int8():
