@@ -4,6 +4,7 @@ Models load once per worker (`Analyzer.load`), never per job."""
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -244,7 +245,10 @@ def _int8_grader(grader: Grader, meta: dict, folder: Path) -> nn.Module:
     if ranges and quantize.available():
         example = quantize.example_inputs(int(meta.get("crop_size", CROP_SIZE)))
         try:
-            return quantize.quantized(grader, ranges, example)
+            model = quantize.quantized(grader, ranges, example)
+            del grader
+            gc.collect()  # the traced float network sits in reference cycles: gone now, not after four graders
+            return model
         except Exception as exc:  # noqa: BLE001 - ranges of another network, a torch that traces differently:
             # slower, never wrong, and never a node that cannot start
             log.warning("int8 grader unavailable, running fp32", model=str(folder),

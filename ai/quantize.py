@@ -53,6 +53,16 @@ def _prepare(net: nn.Module, observer: type, example: tuple[torch.Tensor, ...]) 
         return prepare_fx(net.eval(), QConfigMapping().set_global(qconfig), example)
 
 
+def _forget_traced_networks() -> None:
+    """torch 2.14's FX quantization memoises `assert_and_get_unique_device` with an unbounded functools.cache keyed
+    by the module, so every network it traces would stay in memory (a float grader, 43 MB, per int8 grader)."""
+    from torch.ao.quantization.fx import utils
+
+    clear = getattr(getattr(utils, "assert_and_get_unique_device", None), "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
 def example_inputs(crop_size: int, levels: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(levels, 1, crop_size, crop_size), torch.arange(levels)
 
@@ -74,6 +84,7 @@ def calibrate(grader: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
         if isinstance(obs, HistogramObserver):
             scale, zero = (float(v) for v in obs.calculate_qparams())
             ranges[name] = [(obs.quant_min - zero) * scale, (obs.quant_max - zero) * scale]
+    _forget_traced_networks()
     return ranges
 
 
@@ -82,16 +93,22 @@ def quantized(grader: nn.Module, ranges: dict[str, list[float]], example: tuple[
     from torch.ao.quantization.observer import MinMaxObserver
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    prepared = _prepare(grader, MinMaxObserver, example)
-    observers = {name: obs for name, obs in prepared.named_modules() if type(obs) is MinMaxObserver}
-    if set(observers) != set(ranges):
-        raise ValueError(f"stored int8 ranges name {len(ranges)} activations, this network has {len(observers)}")
-    for name, obs in observers.items():
-        low, high = ranges[name]
-        obs.min_val, obs.max_val = torch.tensor(float(low)), torch.tensor(float(high))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_fx(prepared)
+    try:
+        prepared = _prepare(grader, MinMaxObserver, example)
+        observers = {name: obs for name, obs in prepared.named_modules() if type(obs) is MinMaxObserver}
+        if set(observers) != set(ranges):
+            raise ValueError(f"stored int8 ranges name {len(ranges)} activations, this network has {len(observers)}")
+        for name, obs in observers.items():
+            low, high = ranges[name]
+            obs.min_val, obs.max_val = torch.tensor(float(low)), torch.tensor(float(high))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = convert_fx(prepared)
+        for node in model.graph.nodes:  # observer factories there close over the float modules (43 MB a grader)
+            node.meta.pop("target_dtype_info", None)
+        return model
+    finally:
+        _forget_traced_networks()
 
 
 def calibrate_folder(folder: Path, items: list) -> int:

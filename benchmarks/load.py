@@ -2,7 +2,7 @@
 series analysed by the real model while the others still arrive). Checks that nothing is lost and reports
 throughput and the node's peak memory. Prints JSON.
 
-    .venv/bin/python benchmarks/load.py [--senders 8] [--n 500] [--size 256]
+    .venv/bin/python benchmarks/load.py [--senders 8] [--n 500] [--size 256] [--fp32-graders]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--fp32-graders", action="store_true", help="the node grades in fp32 instead of int8")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dicomnode-load-"))
     try:
@@ -49,7 +50,8 @@ def main() -> None:
         port = free_port()
         cfg = write_config(work / "node.toml", work / "node", port,
                            node={"max_pdu_size": 131072, "fsync": True, "max_associations": args.senders + 4},
-                           scheduler={"study_quiet_seconds": 5, "series_quiet_seconds": 3, "max_wait_seconds": 600})
+                           scheduler={"study_quiet_seconds": 5, "series_quiet_seconds": 3, "max_wait_seconds": 600},
+                           ai={"int8_graders": not args.fp32_graders})
         node = NodeProcess(cfg, work / "node.log").start()
         rss_samples: list[int] = []
         stop = threading.Event()
@@ -88,6 +90,7 @@ def main() -> None:
         total = args.senders * args.n
         print(json.dumps({
             "senders": args.senders, "instances_per_sender": args.n, "matrix": args.size,
+            "int8_graders": not args.fp32_graders,
             "acknowledged": sum(acked), "indexed": indexed, "files": files, "lost": total - min(indexed, files),
             "receive_seconds": round(receive_s, 1), "throughput_img_s": round(sum(acked) / receive_s, 1),
             "all_jobs_final_seconds": round(all_done_s, 1), "jobs": states,

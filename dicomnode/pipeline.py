@@ -3,7 +3,10 @@ and `dicomnode analyze`, so both run exactly the same code."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +65,20 @@ class Analysis:
 @functools.lru_cache(maxsize=4)
 def get_analyzer(model: str = "default", device: str = "auto", int8: bool = True) -> Analyzer:
     """Models load once per process (per worker), never per job."""
-    return Analyzer.load(model, device, int8=int8)
+    analyzer = Analyzer.load(model, device, int8=int8)
+    release_freed_memory()
+    return analyzer
+
+
+def release_freed_memory() -> None:
+    """Frees what a model load left behind (fp32 weights read from disk, networks traced and converted: reference
+    cycles, so only the cyclic collector frees them) and hands the pages back to the system, which glibc would
+    otherwise keep: about 0.1-0.2 GB of the node's resident memory."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:  # glibc only; elsewhere the memory stays with the process, as before
+        trim(0)
 
 
 def load_pixels(ds: Dataset) -> np.ndarray:
