@@ -115,6 +115,7 @@ class Analyzer:
         if "ensemble" in meta:
             return Ensemble.load(folder, meta, device, fused, int8)
         lm: Any
+        dev = pick_device(device)
         prepare = for_inference if fused else (lambda net: net)
         if meta.get("detector") == "yolo":
             from ai.seed import SeedDetector
@@ -128,9 +129,9 @@ class Analyzer:
         if (folder / "grader.safetensors").is_file():
             gr = Grader(meta.get("grader_arch", "resnet18"))
             gr.load_state_dict(_weights(folder / "grader.safetensors"))
-            in8 = fused and int8 and pick_device(device).type == "cpu"
+            in8 = fused and int8 and dev.type == "cpu"
             gr = _int8_grader(gr, meta, folder) if in8 else prepare(gr)
-        return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, pick_device(device))
+        return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, dev)
 
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
         if any(isinstance(net, torch.fx.GraphModule) for net in (self.landmarks, self.grader)):
@@ -246,8 +247,7 @@ def _int8_grader(grader: Grader, meta: dict, folder: Path) -> nn.Module:
         example = quantize.example_inputs(int(meta.get("crop_size", CROP_SIZE)))
         try:
             model = quantize.quantized(grader, ranges, example)
-            del grader
-            gc.collect()  # the traced float network sits in reference cycles: gone now, not after four graders
+            gc.collect()  # the traced float copies sit in reference cycles: gone now, not after four graders
             return model
         except Exception as exc:  # noqa: BLE001 - ranges of another network, a torch that traces differently:
             # slower, never wrong, and never a node that cannot start
