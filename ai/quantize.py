@@ -75,17 +75,19 @@ def calibrate(grader: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
     batches = list(batches)
     if not batches:
         raise ValueError("calibration needs at least one batch of crops")
-    prepared = _prepare(copy.deepcopy(grader), HistogramObserver, batches[0])
-    with torch.no_grad():
-        for crops, levels in batches:
-            prepared(crops, levels)
-    ranges = {}
-    for name, obs in prepared.named_modules():
-        if isinstance(obs, HistogramObserver):
-            scale, zero = (float(v) for v in obs.calculate_qparams())
-            ranges[name] = [(obs.quant_min - zero) * scale, (obs.quant_max - zero) * scale]
-    _forget_traced_networks()
-    return ranges
+    try:
+        prepared = _prepare(copy.deepcopy(grader), HistogramObserver, batches[0])
+        with torch.no_grad():
+            for crops, levels in batches:
+                prepared(crops, levels)
+        ranges = {}
+        for name, obs in prepared.named_modules():
+            if isinstance(obs, HistogramObserver):
+                scale, zero = (float(v) for v in obs.calculate_qparams())
+                ranges[name] = [(obs.quant_min - zero) * scale, (obs.quant_max - zero) * scale]
+        return ranges
+    finally:
+        _forget_traced_networks()
 
 
 def quantized(grader: nn.Module, ranges: dict[str, list[float]], example: tuple[torch.Tensor, ...]) -> nn.Module:

@@ -79,10 +79,17 @@ def test_building_an_int8_grader_keeps_no_float_network_alive():
         ranges = quantize.calibrate(net, [(_crops(s), levels) for s in range(2)])
         return quantize.quantized(net, ranges, quantize.example_inputs(32))
 
+    def fail_calibrating() -> None:
+        net = _trained_looking(Grader())
+        with pytest.raises(RuntimeError):  # a two-channel batch after a good one: fails mid-calibration
+            quantize.calibrate(net, [(_crops(0), levels), (torch.zeros(11, 2, 32, 32), levels)])
+
     before = _live_float_mb()
     model = build()
     assert quantize.is_int8(model)
     assert _live_float_mb() - before < 1.0  # float biases and scales only; the grader's weights are 43 MB
+    fail_calibrating()
+    assert _live_float_mb() - before < 1.0  # a calibration that failed leaves its traced copy behind neither
 
 
 def _model(folder: Path, ranges: dict | None) -> Path:
