@@ -17,4 +17,3 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.NO_INPUT, JobState.SUPERSEDED})
-UNFINISHED_STATES = frozenset(set(JobState) - FINAL_STATES)
