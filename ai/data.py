@@ -59,12 +59,12 @@ def load_annotations(annotation_file: Path, by_uid: dict[str, Path], require_ima
     must not silently lose a study)."""
     studies: list[Study] = []
     for entry in json.loads(annotation_file.read_text()):
-        data = entry["data"][0]
+        data = _annotated_instance(entry["data"], by_uid)
         path = by_uid.get(data["instanceUid"])
         if path is None and require_images:
             raise FileNotFoundError(f"no image for instance {data['instanceUid']} beside {annotation_file}")
         study = Study(entry["studyUid"], data["seriesUid"], data["instanceUid"], path)
-        for raw in data["annotation"][0]["data"]["point"]:
+        for raw in _points(data):
             level = raw["tag"].get("identification", "")
             if level not in LEVEL_INDEX:
                 continue
@@ -72,6 +72,19 @@ def load_annotations(annotation_file: Path, by_uid: dict[str, Path], require_ima
             study.points[level] = Point(level, float(x), float(y), parse_labels(raw["tag"], level_kind(level)))
         studies.append(study)
     return studies
+
+
+def _points(data: dict) -> list[dict]:
+    annotations = data.get("annotation") or [{}]
+    return (annotations[0].get("data") or {}).get("point") or []
+
+
+def _annotated_instance(items: list[dict], by_uid: dict[str, Path]) -> dict:
+    """The one instance of a study that is scored: the challenge's files name one, but a study listing several
+    (another series, an empty entry) is scored on the first with points whose image is here, not on whichever
+    came first."""
+    with_points = [d for d in items if _points(d)] or items
+    return next((d for d in with_points if d["instanceUid"] in by_uid), with_points[0])
 
 
 def index_instances(root: Path) -> dict[str, Path]:
