@@ -7,6 +7,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from ai.infer import Analyzer
 from dicomnode import logs
 from dicomnode.config import Config
 from dicomnode.jobs import JobRunner
@@ -20,20 +21,24 @@ log = logs.get("dicomnode.scheduler")
 class Scheduler:
     def __init__(self, cfg: Config, engine: Any, store: FileStore) -> None:
         self.cfg = cfg
-        ai = cfg.ai
-        self.runner = JobRunner(cfg, engine, store, lambda: get_analyzer(ai.model, ai.device, ai.int8_graders))
+        self.runner = JobRunner(cfg, engine, store, self._analyzer)
         self.aps = BackgroundScheduler(timezone="UTC")
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.workers: list[threading.Thread] = []
         self.model_version: str | None = None
 
+    def _analyzer(self) -> Analyzer:
+        """The configured model, loaded once per process (`get_analyzer` caches it): start and the jobs share it."""
+        ai = self.cfg.ai
+        return get_analyzer(ai.model, ai.device, ai.int8_graders)
+
     def start(self) -> None:
         resumed = self.runner.resume()
         if resumed:
             log.info("jobs resumed", count=resumed)
         try:  # load before work arrives; without a model the node still receives, and jobs say why they fail
-            analyzer = get_analyzer(self.cfg.ai.model, self.cfg.ai.device, self.cfg.ai.int8_graders)
+            analyzer = self._analyzer()
             self.model_version = analyzer.version
             log.info("model loaded", model_version=analyzer.version, device=str(analyzer.device),
                      int8_graders=analyzer.int8_graders)
