@@ -13,6 +13,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicomnode import logs
 
@@ -104,14 +105,20 @@ def store(files: list[Path], ae_title: str, host: str, port: int, calling_ae: st
             if not status:
                 results.append(SendResult(uid, False, TRANSIENT, "no response (timeout or abort)"))
                 continue
-            code = int(status.Status)
-            if code in (0x0000, 0xB000, 0xB007, 0xB006):  # success or warning: stored
-                results.append(SendResult(uid, True, detail=f"0x{code:04X}"))
-            elif code & 0xFF00 == 0xA700 or code == 0x0213:  # out of resources: try later
-                results.append(SendResult(uid, False, TRANSIENT, f"status 0x{code:04X}"))
-            else:
-                results.append(SendResult(uid, False, PERMANENT, f"status 0x{code:04X}"))
+            results.append(classify(uid, int(status.Status)))
     finally:
         if assoc.is_established:
             assoc.release()
     return results
+
+
+def classify(uid: str, code: int) -> SendResult:
+    """A C-STORE status by pynetdicom's own categories (PS3.4 and PS3.7): Success and every Warning (0x0001, 0x0107,
+    0x0116, 0xBxxx) mean the object is stored; out of resources (0xA7xx, 0x0213) is worth a later try; any other
+    failure is permanent."""
+    category = code_to_category(code)
+    if category in (STATUS_SUCCESS, STATUS_WARNING):
+        return SendResult(uid, True, detail=f"0x{code:04X} ({category.lower()})")
+    if code & 0xFF00 == 0xA700 or code == 0x0213:
+        return SendResult(uid, False, TRANSIENT, f"status 0x{code:04X}")
+    return SendResult(uid, False, PERMANENT, f"status 0x{code:04X} ({category.lower()})")

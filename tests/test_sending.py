@@ -94,3 +94,34 @@ def test_refusing_destination_fails_the_job_with_the_reason(tmp_path: Path):
         assert jobs(engine)[0].state == "failed"  # not retried in a loop
     finally:
         pacs.stop()
+
+
+@pytest.mark.parametrize("status, state", [(0x0001, "done"), (0x0107, "done"), (0x0116, "done"), (0xB000, "done"),
+                                           (0xB007, "done"), (0xC000, "failed")])
+def test_a_warning_status_means_stored_and_a_failure_status_fails(tmp_path: Path, status: int, state: str):
+    """PS3.4 warnings (coercion, attribute list / value errors, 0xBxxx) are stored objects: the job is done. A
+    destination answering 'cannot understand' fails it with the status (no retry loop). The peer is a pynetdicom
+    SCP answering every C-STORE with the status under test."""
+    from peers import free_port
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    received = []
+    scp = AE(ae_title="WARNSCP")
+    scp.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append(1) or status)])
+    try:
+        runner, engine, store = runner_for(tmp_path, Destination("scp", "WARNSCP", "127.0.0.1", port))
+        start_job(runner, engine, store, tmp_path)
+        deadline = time.time() + 30
+        while jobs(engine)[0].state in ("queued", "running", "sending") and time.time() < deadline:
+            drain(runner)
+            time.sleep(0.1)
+        job = jobs(engine)[0]
+        assert job.state == state, events(engine, job.id)
+        if state == "failed":
+            assert job.reason_code == "send_refused" and f"0x{status:04X}" in job.reason
+        assert len(received) == 2  # SR and GSPS, each sent once
+    finally:
+        server.shutdown()
