@@ -238,6 +238,15 @@ class StoreSCP:
                     stats.failures += 1
         return status
 
+    def _pooled_connection(self) -> Any:
+        """A reused connection, or a new one when none is free. One call, not `empty()` then `get_nowait()`: between
+        those two another association's thread may take the last one, and this store would answer 0xA700 for an
+        instance already written."""
+        try:
+            return self._conns.get_nowait()
+        except queue.Empty:
+            return db.connect_raw(self.engine)
+
     def _store(self, event: Any, stats: AssocStats | None) -> int:
         if self.store.free_bytes() < self.cfg.node.min_free_bytes:
             metrics.STORE_FAILURES.labels(reason="disk_full").inc()
@@ -274,7 +283,7 @@ class StoreSCP:
             "calling_ae": str(event.assoc.requestor.ae_title).strip(),
         }
         try:
-            conn = self._conns.get_nowait() if not self._conns.empty() else db.connect_raw(self.engine)
+            conn = self._pooled_connection()
             try:
                 db.record_instance(conn, row)
             finally:

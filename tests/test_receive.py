@@ -146,3 +146,41 @@ def test_status_json_contract_while_running_and_stopped(node_factory, tmp_path: 
     node.stop()
     down = status()
     assert down["service"]["up"] is False and down["instances"] == 2
+
+
+def test_two_associations_racing_for_the_last_pooled_connection_both_store(tmp_path: Path):
+    """The interleaving that lost instances: this association sees a free pooled connection, another takes it before
+    this one does. Replayed deterministically with a pool that is emptied between the look and the take; the store
+    must still succeed (before the fix it answered 0xA700 for an instance already on disk)."""
+    import queue
+
+    from dicomgen import SeriesSpec, write_series
+    from peers import free_port, storescu, successes
+    from pydicom.uid import generate_uid
+
+    from dicomnode.config import Config
+    from dicomnode.scp import StoreSCP
+    from storage import db
+    from storage.filestore import FileStore
+
+    class Racing(queue.LifoQueue):
+        def empty(self) -> bool:  # says "one is free", and the other thread takes it right then
+            was_empty = super().empty()
+            while not super().empty():
+                super().get_nowait()
+            return was_empty
+
+    cfg = Config()
+    cfg.node.data_dir, cfg.node.host, cfg.node.port = str(tmp_path / "var"), "127.0.0.1", free_port()
+    engine = db.open_db(cfg.data_path / "dicomnode.db")
+    scp = StoreSCP(cfg, engine, FileStore(cfg.data_path, fsync=False))
+    scp._conns = Racing()
+    scp.start()
+    try:
+        files = write_series(tmp_path / "in", SeriesSpec(slices=4), generate_uid())
+        r = storescu(cfg.node.port, files)
+        assert successes(r.stdout + r.stderr) == 4, r.stdout[-1500:] + r.stderr[-1500:]
+    finally:
+        scp.stop()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("select count(*) from instances").scalar() == 4
