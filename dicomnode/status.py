@@ -30,7 +30,7 @@ def list_jobs(cfg: Config, state: str | None = None, limit: int = 50) -> list[di
     path = cfg.data_path / "dicomnode.db"
     if not path.exists():
         return []
-    engine = db.open_db(path)
+    engine = db.open_db_readonly(path)
     q = select(db.jobs).order_by(desc(db.jobs.c.id)).limit(limit)
     if state:
         q = q.where(db.jobs.c.state == state)
@@ -70,7 +70,7 @@ def collect(cfg: Config) -> dict[str, Any]:
     path = data / "dicomnode.db"
     if not path.exists():
         return facts
-    engine = db.open_db(path)
+    engine = db.open_db_readonly(path)
     facts.update(db.counts(engine))
     hour = time.time() - 3600
     with engine.connect() as conn:

@@ -131,6 +131,32 @@ def open_db(path: Path) -> Engine:
     return engine
 
 
+def open_db_readonly(path: Path) -> Engine:
+    """The database for an admin's read (`status`, `jobs`): opened read-only, never created, migrated or switched
+    to WAL, so looking never writes (a read-only file or mount works); a schema newer than this dicomnode is refused
+    as open_db refuses it."""
+    def connect(flags: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(f"file:{path}?{flags}", uri=True, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA user_version")  # a WAL file that cannot be opened read-only fails here, not later
+        return conn
+
+    try:
+        connect("mode=ro").close()
+        flags = "mode=ro"
+    except sqlite3.OperationalError:
+        # A WAL database whose -shm cannot be created (a read-only folder or mount): nothing can write there
+        # either, so SQLite may read it as immutable.
+        flags = "mode=ro&immutable=1"
+    engine = create_engine("sqlite://", creator=lambda: connect(flags))
+    with engine.connect() as conn:
+        version = conn.execute(text("PRAGMA user_version")).scalar_one()
+    if version > SCHEMA_VERSION:
+        engine.dispose()
+        raise RuntimeError(f"database schema {version} is newer than this dicomnode ({SCHEMA_VERSION})")
+    return engine
+
+
 def connect_raw(engine: Engine) -> sqlite3.Connection:
     """A plain sqlite3 connection to the engine's database, same pragmas, for the receive hot path."""
     conn = sqlite3.connect(engine.url.database, check_same_thread=False, timeout=30)
