@@ -33,6 +33,8 @@ class NodeConfig:
     metrics_port: int = 0
     retention_days: float = 30
     purge_free_bytes: int = 5_000_000_000
+    results_retention_days: float = 30
+    history_retention_days: float = 365
 
 
 @dataclass

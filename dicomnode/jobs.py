@@ -36,7 +36,7 @@ class JobRunner:
         self.engine = engine
         self.store = store
         self.analyzer = analyzer
-        self.results_dir = store.root / "results"
+        self.results_dir = store.results
         self._claim_lock = threading.Lock()
         self._active: set[int] = set()
         self._early_cache: dict[tuple[str, int], bool] = {}

@@ -66,6 +66,9 @@ class Scheduler:
         try:
             done = retention.apply(self.runner.engine, self.runner.store, node.retention_days * 86400,
                                    node.purge_free_bytes)
+            done.update(retention.expire_history(self.runner.engine, self.runner.store,
+                                                 node.results_retention_days * 86400,
+                                                 node.history_retention_days * 86400))
         except Exception as exc:  # noqa: BLE001
             log.warning("retention failed", error=type(exc).__name__)
             return

@@ -39,6 +39,7 @@ class FileStore:
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = root
         self.studies = root / "studies"
+        self.results = root / "results"  # results/<job id>: the SR, GSPS (and SC) a job wrote and sends
         self.tmp = root / "tmp"
         self.fsync = fsync
         self.studies.mkdir(parents=True, exist_ok=True)

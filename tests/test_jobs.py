@@ -253,3 +253,39 @@ def test_secondary_capture_is_written_only_when_configured(env, tmp_path: Path):
     out = store.root / "results" / str(job.id)
     assert job.state == "done" and (out / "sc.dcm").exists()
     assert pydicom.dcmread(out / "sc.dcm").SeriesNumber == 9903
+
+
+def test_history_expires_results_then_jobs_of_purged_studies_and_old_associations(env, tmp_path: Path):
+    """results/<job> of a job finished long ago goes after results_retention; its job row, events and send records
+    only once the study's files are purged too (else the study would be analysed again); old association records go;
+    a recent job keeps everything."""
+    from storage import retention
+
+    cfg, engine, store, runner = env
+    t0 = time.time() - 400 * 86400
+    old, fresh = generate_uid(), generate_uid()
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), old), t0)
+    drain(runner)
+    queue_study(runner, write_series(tmp_path / "b", SeriesSpec("T2 SAG", slices=3), fresh), time.time() - 200)
+    drain(runner)
+    old_job, fresh_job = (j.id for j in jobs(engine))
+    with engine.begin() as conn:
+        conn.execute(db.jobs.update().where(db.jobs.c.id == old_job).values(finished=t0 + 200))
+        conn.execute(db.associations.insert().values(started=t0, ended=t0 + 1, calling_ae="OLD"))
+        conn.execute(db.associations.insert().values(started=time.time() - 5, ended=time.time(), calling_ae="NEW"))
+    assert (store.results / str(old_job)).is_dir() and (store.results / str(fresh_job)).is_dir()
+    done = retention.expire_history(engine, store, 30 * 86400, 365 * 86400)
+    assert done == {"results_removed": 1, "jobs_expired": 0, "associations_expired": 1}
+    assert not (store.results / str(old_job)).exists() and (store.results / str(fresh_job)).is_dir()
+    assert [j.id for j in jobs(engine)] == [old_job, fresh_job]  # the old study's files are still there
+    retention.apply(engine, store, max_age_s=30 * 86400, min_free=0)  # now they go
+    done = retention.expire_history(engine, store, 30 * 86400, 365 * 86400)
+    assert done["jobs_expired"] == 1 and [j.id for j in jobs(engine)] == [fresh_job]
+    assert events(engine, old_job) == [] and events(engine, fresh_job)
+    with engine.connect() as conn:
+        assert [r.calling_ae for r in conn.execute(select(db.associations))] == ["NEW"]
+        assert not conn.execute(select(db.sent_objects).where(db.sent_objects.c.job_id == old_job)).all()
+    runner.tick()  # the expired study is not picked up again
+    assert [j.id for j in jobs(engine)] == [fresh_job]
+    keep = retention.expire_history(engine, store, 0, 0, now=time.time() + 10 * 365 * 86400)
+    assert keep == {"results_removed": 0, "jobs_expired": 0, "associations_expired": 0}
