@@ -1,6 +1,7 @@
 """Assembles an ensemble model folder from trained members and scores it on their out-of-fold predictions.
 
     python -m ai.ensemble --data DIR --out FOLDER --locate A B C --grade A B
+    python -m ai.ensemble --data DIR --spider SPIDER --out FOLDER --keep-locators ENSEMBLE --grade J1 J2 J3
 
 Each member folder holds a final model (model.json and weights) and the oof.json of its cross-validation on the
 same folds (`ai.train.folds_of`, seed 0). The ensemble's CV figures combine those held-out predictions as the
@@ -8,6 +9,11 @@ ensemble combines its members (median points, mean probabilities; each grader's 
 at its own member's points, the one approximation), and its decision rule is tuned on them as `ai.train.run`
 tunes a single model's. Graders are copied as int8 (`ai.infer.store_int8`) and their int8 activation ranges
 measured on the data (`ai.quantize`).
+
+With --spider the graders were trained on both sets (`dicomnode train --spider`): their SPIDER held-out
+probabilities (oof_spider.json) are averaged too and the decision is tuned on both sets (`ai.joint`). With
+--keep-locators the locating members of an existing ensemble are copied as they are (their fold models are gone, so
+the CV points are the grading members' own held-out points, and the locators' figures stay those recorded).
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import numpy as np
 
 from ai.chain import carry, repair_skip
 from ai.data import load_dataset
-from ai.infer import store_int8
-from ai.quantize import calibrate_folder
+from ai import joint
+from ai.infer import Analyzer, combine_grades, store_int8
+from ai.quantize import RANGES_KEY, calibrate_folder
+from ai.spider import load_spider
 from ai.train import folds_of, prepare, summarise
 
 
-def combine_oof(uids: list[str], locate: list[list[dict]], grade: list[list[dict]]) -> list[dict]:
-    """Per study (in `uids` order): median of the locating members' points, mean of the grading members'
-    probabilities."""
+def combine_oof(uids: list[str], locate: list[list[dict]], grade: list[list[dict]],
+                tianchi: list[bool] | None = None) -> list[dict]:
+    """Per study (in `uids` order): median of the locating members' points, the grading members' probabilities
+    combined as the ensemble combines them (`ai.infer.combine_grades`)."""
     by = lambda oof: {p["study_uid"]: p for p in oof}  # noqa: E731
     loc, gra = [by(o) for o in locate], [by(o) for o in grade]
     out = []
@@ -40,44 +49,85 @@ def combine_oof(uids: list[str], locate: list[list[dict]], grade: list[list[dict
         xy = np.median(np.stack([c for (c, _), _ in chains]), 0)
         conf = np.mean(np.stack([carry(v, src, inserted=0.0) for (_, src), v in chains]), 0)
         # A grader's probabilities follow its own member's points when they were renamed.
-        probs = np.mean(np.stack([carry(np.asarray(g[uid]["probs"]), repair_skip(np.asarray(g[uid]["xy"]))[1])
-                                  for g in gra]), 0)
+        probs = combine_grades([carry(np.asarray(g[uid]["probs"]), repair_skip(np.asarray(g[uid]["xy"]))[1])
+                                for g in gra], tianchi)
         out.append({"study_uid": uid, "xy": xy.tolist(), "loc": conf.tolist(), "probs": probs.tolist()})
     return out
 
 
+def spider_predictions(member: Path, items: list[joint.SpiderItem]) -> list[np.ndarray]:
+    """A grading member's held-out probabilities on SPIDER's slices: its fold models' (oof_spider.json) when it was
+    trained on SPIDER, else its final model's, which never saw SPIDER."""
+    if (member / "oof_spider.json").is_file():
+        stored = json.loads((member / "oof_spider.json").read_text())
+        by_uid = {p["instance_uid"]: np.asarray(p["probs"]) for p in stored}
+        return [by_uid[it.study.instance_uid] for it in items]
+    model = Analyzer.load(member, "cpu", int8=False)  # fp32, as the held-out predictions of the others
+    return [model.grade(it.img01, it.xy.astype(np.float32)) for it in items]
+
+
 def assemble(data: Path, out: Path, locate: list[Path], grade: list[Path], folds: int = 5,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, spider: Path | None = None, keep_locators: Path | None = None,
+             tianchi_heads: list[Path] | None = None) -> dict[str, Any]:
     sources = list(dict.fromkeys([*locate, *grade]))
-    if any(out.resolve() in (s.resolve(), *s.resolve().parents) for s in sources):
+    kept: list[str] = []
+    if keep_locators is not None:
+        kept = json.loads((keep_locators / "model.json").read_text())["ensemble"]["locate"]
+    inputs = [*sources, *([keep_locators] if keep_locators else [])]
+    if any(out.resolve() in (s.resolve(), *s.resolve().parents) for s in inputs):
         raise ValueError(f"{out} holds a member; assemble into a new folder")
-    names = {src: f"m{i + 1}" for i, src in enumerate(sources)}
+    names = {src: f"m{i + 1 + len(kept)}" for i, src in enumerate(sources)}
     items = prepare(load_dataset(data))
     uids = [it.study.study_uid for it in items]
-    read = lambda src: json.loads((src / "oof.json").read_text())  # noqa: E731
-    oof = combine_oof(uids, [read(s) for s in locate], [read(s) for s in grade])
-    report = summarise(items, oof, folds_of(len(items), folds, seed))
+    read = lambda src, name="oof.json": json.loads((src / name).read_text())  # noqa: E731
+    tianchi = [g in tianchi_heads for g in grade] if tianchi_heads else None
+    oof = combine_oof(uids, [read(s) for s in (locate or grade)], [read(s) for s in grade], tianchi)
+    splits = folds_of(len(items), folds, seed)
+    both = None
+    if spider is not None:
+        spider_items = joint.prepare_spider(load_spider(spider), Analyzer.load(keep_locators or "default", "cpu"))
+        each = [spider_predictions(s, spider_items) for s in grade]
+        spider_oof = [{"instance_uid": it.study.instance_uid, "xy": it.xy.tolist(),
+                       "probs": combine_grades([p[i] for p in each], tianchi).tolist()}
+                      for i, it in enumerate(spider_items)]
+        both = (spider_items, spider_oof, folds_of(len(spider_items), folds, seed))
+    report = summarise(items, oof, splits, both)
     members = {}
     for src, name in names.items():
         cv = src / "cv.json"
         members[name] = {"source": str(src), "locates": src in locate, "grades": src in grade,
                          "model": {k: v for k, v in json.loads((src / "model.json").read_text()).items()
-                                   if k in ("width", "input_size", "crop_size", "grader_arch", "version", "recipe")},
+                                   if k in ("width", "input_size", "crop_size", "grader_arch", "grader_outputs",
+                                            "version", "recipe")},
                          "cv_mean": json.loads(cv.read_text()).get("cv_mean") if cv.is_file() else None}
+    if keep_locators is not None:
+        report["kept_locators"] = {"from": str(keep_locators), "members": kept,
+                                   "cv_mean": json.loads((keep_locators / "model.json").read_text()).get("cv_mean")}
     report["ensemble"] = members
     if out.exists():
         shutil.rmtree(out)
+    for name in kept:
+        (out / name).mkdir(parents=True)
+        assert keep_locators is not None
+        member = json.loads((keep_locators / name / "model.json").read_text())
+        member.pop(RANGES_KEY, None)
+        (out / name / "model.json").write_text(json.dumps(member, indent=2) + "\n")
+        shutil.copy(keep_locators / name / "landmarks.safetensors", out / name / "landmarks.safetensors")
     for src, name in names.items():
         (out / name).mkdir(parents=True)
         shutil.copy(src / "model.json", out / name / "model.json")
-        shutil.copy(src / "landmarks.safetensors", out / name / "landmarks.safetensors")
+        if src in locate:
+            shutil.copy(src / "landmarks.safetensors", out / name / "landmarks.safetensors")
         if src in grade:
             shutil.copy(src / "grader.safetensors", out / name / "grader.safetensors")
             store_int8(out / name / "grader.safetensors")
-    meta = {"ensemble": {"members": list(names.values()), "locate": [names[s] for s in locate],
-                         "grade": [names[s] for s in grade]},
+    meta = {"ensemble": {"members": [*kept, *names.values()], "locate": [*kept, *(names[s] for s in locate)],
+                         "grade": [names[s] for s in grade],
+                         **({"tianchi_heads": [names[s] for s in tianchi_heads]} if tianchi_heads else {})},
             "decision": report["decision"], "version": time.strftime("%Y%m%d"), "cv_mean": report["cv_mean"],
             "trained_on": len(items)}
+    if both is not None:
+        meta["spider_trained_on"] = len(both[0])
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out / "cv.json").write_text(json.dumps(report, indent=2) + "\n")
     calibrate_folder(out, items)
@@ -88,10 +138,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--locate", nargs="+", required=True, help="member folders whose points are combined")
+    p.add_argument("--locate", nargs="+", help="member folders whose points are combined")
     p.add_argument("--grade", nargs="+", required=True, help="member folders whose graders are averaged")
+    p.add_argument("--spider", help="SPIDER folder: the graders were trained on it too; tune and score on both sets")
+    p.add_argument("--keep-locators", help="an ensemble folder whose locating members are copied as they are")
+    p.add_argument("--tianchi-heads", nargs="+", help="grading members whose Tianchi heads are read (default: all)")
     args = p.parse_args()
-    report = assemble(Path(args.data), Path(args.out), [Path(x) for x in args.locate], [Path(x) for x in args.grade])
+    if not args.locate and not args.keep_locators:
+        p.error("name --locate members or --keep-locators")
+    report = assemble(Path(args.data), Path(args.out), [Path(x) for x in args.locate or []],
+                      [Path(x) for x in args.grade], spider=Path(args.spider) if args.spider else None,
+                      keep_locators=Path(args.keep_locators) if args.keep_locators else None,
+                      tianchi_heads=[Path(x) for x in args.tianchi_heads] if args.tianchi_heads else None)
     print(json.dumps({"cv_mean": report["cv_mean"], "decision": report["decision"]}, indent=2))
 
 

@@ -38,10 +38,18 @@ def read_file(path: Path, **kw: object) -> pydicom.Dataset:
     return ds
 
 
-def grey_frame(ds: Any) -> np.ndarray:
+def grey_frame(ds: Any, frame: int | None = None) -> np.ndarray:
     """A DICOM slice as float32 with bright = more signal, as the nets were trained (MONOCHROME1, bright = less
-    signal, is turned over). The one reader for the node and for evaluation; decoding errors come from pydicom."""
-    pixels = ds.pixel_array
+    signal, is turned over). The one reader for the node and for evaluation; decoding errors come from pydicom.
+    frame: 1-based frame of a multi-frame image (only that frame is decoded)."""
+    if frame is not None:
+        from pydicom.pixels import pixel_array
+
+        if not 1 <= frame <= int(ds.get("NumberOfFrames") or 1):
+            raise NotOneFrame(f"frame {frame} is not among the image's {ds.get('NumberOfFrames') or 1} frames")
+        pixels = pixel_array(ds, index=frame - 1)
+    else:
+        pixels = ds.pixel_array
     if pixels.ndim != 2:
         raise NotOneFrame(f"expected one grey-scale frame, got pixel data of shape {pixels.shape}")
     pixels = pixels.astype(np.float32)
@@ -92,23 +100,26 @@ def letterbox_tensor(img: np.ndarray, box: Letterbox, size: int = INPUT_SIZE) ->
 
 
 def crop_patch(
-    img: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor, side: torch.Tensor, out: int
+    img: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor, side: torch.Tensor, out: int,
+    aspect: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crops (N, 1, out, out) squares from one image (1, H, W): centred at `centre` (N, 2) xy, with side
     length `side` (N,) pixels, turned so that `axis` (N, 2, unit vectors along the spine, head to feet)
-    points down the crop. Bilinear, zeros outside."""
+    points down the crop. Bilinear, zeros outside. aspect (N,): the width taken across the spine, as a multiple
+    of `side` (training only: pixels that are not square on another scanner's grid)."""
     _, h, w = img.shape
     n = centre.shape[0]
     down = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-6)
     right = torch.stack([-down[:, 1], down[:, 0]], 1)  # perpendicular
-    half = side[:, None] / 2
+    half = side / 2
+    across = half * aspect if aspect is not None else half
     # affine_grid maps output (u, v) in [-1, 1] to input normalised coordinates.
     sx, sy = 2.0 / w, 2.0 / h
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = right[:, 0] * half[:, 0] * sx
-    theta[:, 0, 1] = down[:, 0] * half[:, 0] * sx
-    theta[:, 1, 0] = right[:, 1] * half[:, 0] * sy
-    theta[:, 1, 1] = down[:, 1] * half[:, 0] * sy
+    theta[:, 0, 0] = right[:, 0] * across * sx
+    theta[:, 0, 1] = down[:, 0] * half * sx
+    theta[:, 1, 0] = right[:, 1] * across * sy
+    theta[:, 1, 1] = down[:, 1] * half * sy
     theta[:, 0, 2] = (centre[:, 0] + 0.5) * sx - 1
     theta[:, 1, 2] = (centre[:, 1] + 0.5) * sy - 1
     grid = F.affine_grid(theta, (n, 1, out, out), align_corners=False)

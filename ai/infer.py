@@ -21,7 +21,10 @@ from ai.chain import carry, repair_skip
 from ai.decide import Decision
 from ai.imaging import INPUT_SIZE, Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
 from ai.labels import LEVELS, level_kind
-from ai.models import CROP_SIZE, CROP_SPACINGS, DISC, V5, VERT, Grader, LandmarkNet, decode_heatmaps
+from ai.models import (
+    BULGING, CROP_SIZE, CROP_SPACINGS, DISC, FINDINGS, HERNIATION, N_GRADES, N_GRADES_BOTH, PFIRRMANN, SPIDER_FINDINGS,
+    V5, VERT, Grader, LandmarkNet, decode_heatmaps,
+)
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 log = structlog.get_logger("ai.infer")
@@ -37,12 +40,19 @@ class LevelResult:
     confidence: float  # of the grading
     localisation: float  # heatmap mass near the peak, 0..1 (an ensemble's: times `agreement`; 0: put in a gap)
     agreement: float = 1.0  # share of an ensemble's landmark nets within AGREE_SPACINGS of the median point
+    pfirrmann: int | None = None  # disc degeneration grade 1..5 (a grader with SPIDER heads; None for a vertebra)
+    pfirrmann_confidence: float | None = None
+    findings: dict[str, float] | None = None  # a disc's other SPIDER findings: probability of each (model card)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["x"], d["y"] = round(self.x, 2), round(self.y, 2)
         d["confidence"], d["localisation"] = round(self.confidence, 4), round(self.localisation, 4)
         d["agreement"] = round(self.agreement, 4)
+        if self.pfirrmann_confidence is not None:
+            d["pfirrmann_confidence"] = round(self.pfirrmann_confidence, 4)
+        if self.findings is not None:
+            d["findings"] = {k: round(v, 4) for k, v in self.findings.items()}
         return d
 
 
@@ -86,7 +96,8 @@ class Analyzer:
 
     def __init__(self, landmarks: Any, grader: Grader | None, decision: Decision, meta: dict,
                  device: torch.device) -> None:
-        self.landmarks = landmarks.to(device).eval()
+        # None: a grading-only member of an ensemble (its points come from the locating members)
+        self.landmarks = landmarks.to(device).eval() if landmarks is not None else None
         self.grader = grader.to(device).eval() if grader is not None else None  # None: a locating-only member
         self.decision = decision
         self.meta = meta
@@ -121,13 +132,15 @@ class Analyzer:
             from ai.seed import SeedDetector
 
             lm = SeedDetector.build(_weights(folder / "detector.safetensors"))
-        else:
+        elif (folder / "landmarks.safetensors").is_file() or not (folder / "grader.safetensors").is_file():
             lm = LandmarkNet(meta.get("width", 16))
             lm.load_state_dict(_weights(folder / "landmarks.safetensors"))
             lm = prepare(lm)
+        else:
+            lm = None  # a grading-only ensemble member
         gr = None
         if (folder / "grader.safetensors").is_file():
-            gr = Grader(meta.get("grader_arch", "resnet18"))
+            gr = Grader(meta.get("grader_arch", "resnet18"), int(meta.get("grader_outputs", N_GRADES)))
             gr.load_state_dict(_weights(folder / "grader.safetensors"))
             in8 = fused and int8 and dev.type == "cpu"
             gr = _int8_grader(gr, meta, folder) if in8 else prepare(gr)
@@ -136,6 +149,8 @@ class Analyzer:
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
         if any(isinstance(net, torch.fx.GraphModule) for net in (self.landmarks, self.grader)):
             raise ValueError("a model loaded for inference (fused) cannot be saved: load it with fused=False")
+        if self.landmarks is None:
+            raise ValueError("a grading-only ensemble member is copied by ai.ensemble, not saved")
         folder.mkdir(parents=True, exist_ok=True)
         half = lambda sd: {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}  # noqa: E731
         name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"
@@ -187,8 +202,12 @@ class Analyzer:
         out = []
         for i, level in enumerate(LEVELS):
             labels, conf = self.decision.labels(level, probs[i])
+            grade, grade_conf = self.decision.pfirrmann(level, probs[i]) or (None, None)
+            findings = ({name: float(p) for name, p in zip(SPIDER_FINDINGS, probs[i][FINDINGS], strict=True)}
+                        if grade is not None else None)
             out.append(LevelResult(level, level_kind(level), float(found.xy[i, 0]), float(found.xy[i, 1]), labels,
-                                   conf, float(found.localisation[i]), float(found.agreement[i])))
+                                   conf, float(found.localisation[i]), float(found.agreement[i]), grade, grade_conf,
+                                   findings))
         return out
 
     def points_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -196,23 +215,37 @@ class Analyzer:
         return [(xy, loc, np.ones(len(xy))) for xy, loc in self.locate_many(imgs)]
 
 
+def combine_grades(each: list[np.ndarray], tianchi: list[bool] | None = None) -> np.ndarray:
+    """The graders' (11, K) probabilities as one: the Tianchi heads averaged over the graders marked in `tianchi`
+    (default: all), the SPIDER heads over the graders that have them. A grader trained on both sets grades Tianchi's
+    classes less well than one trained on Tianchi alone (model card), so an ensemble may read those from the latter."""
+    use = tianchi if tianchi is not None else [True] * len(each)
+    first = np.mean([p[:, :N_GRADES] for p, u in zip(each, use, strict=True) if u], 0)
+    rest = [p[:, N_GRADES:] for p in each if p.shape[1] == N_GRADES_BOTH]
+    return np.concatenate([first, np.mean(rest, 0)], 1) if rest else first
+
+
 class Ensemble(Analyzer):
     """Models trained apart on the same data. Points: the per-level median of the members' points, so a member
     that numbered the spine one vertebra off is outvoted. Grades: the mean of the graders' probabilities at those
-    points. model.json names the member folders under "ensemble"; each is a complete model folder."""
+    points (`combine_grades`). model.json names the member folders under "ensemble"; each is a complete model
+    folder; "tianchi_heads" (optional) names the graders whose Tianchi heads are read."""
 
-    def __init__(self, locators: list[Analyzer], graders: list[Analyzer], decision: Decision, meta: dict) -> None:
+    def __init__(self, locators: list[Analyzer], graders: list[Analyzer], decision: Decision, meta: dict,
+                 tianchi: list[bool] | None = None) -> None:
         if not locators or not graders:
             raise ValueError("an ensemble needs at least one locating and one grading member")
-        self.locators, self.graders = locators, graders
+        self.locators, self.graders, self.tianchi = locators, graders, tianchi
         self.decision, self.meta, self.device = decision, meta, locators[0].device
 
     @classmethod
     def load(cls, folder: Path, meta: dict, device: str = "auto", fused: bool = True,  # type: ignore[override]
              int8: bool = True) -> "Ensemble":
-        members = {name: Analyzer.load(folder / name, device, fused, int8) for name in meta["ensemble"]["members"]}
-        return cls([members[n] for n in meta["ensemble"]["locate"]], [members[n] for n in meta["ensemble"]["grade"]],
-                   Decision.from_dict(meta["decision"]), meta)
+        spec = meta["ensemble"]
+        members = {name: Analyzer.load(folder / name, device, fused, int8) for name in spec["members"]}
+        tianchi = [n in spec["tianchi_heads"] for n in spec["grade"]] if "tianchi_heads" in spec else None
+        return cls([members[n] for n in spec["locate"]], [members[n] for n in spec["grade"]],
+                   Decision.from_dict(meta["decision"]), meta, tianchi)
 
     @property
     def int8_graders(self) -> bool:
@@ -237,7 +270,7 @@ class Ensemble(Analyzer):
         return out
 
     def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
-        return np.mean(np.stack([m.grade(img01, xy) for m in self.graders]), 0)
+        return combine_grades([m.grade(img01, xy) for m in self.graders], self.tianchi)
 
 
 def _int8_grader(grader: Grader, meta: dict, folder: Path) -> nn.Module:
@@ -295,6 +328,7 @@ def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None, s
     axis, spacing = spine_geometry(xy)
     side = np.maximum(spacing * CROP_SPACINGS, 16.0)
     centre = xy.copy()
+    aspect = None
     if jitter:
         rng = jitter["rng"]
         n = len(xy)
@@ -303,9 +337,16 @@ def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None, s
         axis = np.stack([c * axis[:, 0] - s * axis[:, 1], s * axis[:, 0] + c * axis[:, 1]], 1)
         side = side * rng.uniform(1 - jitter["scale"], 1 + jitter["scale"], n)
         centre = centre + rng.normal(0, jitter["shift"], (n, 2)) * spacing[:, None]
+        if jitter.get("aspect"):
+            aspect = torch.from_numpy(np.exp(rng.uniform(-1, 1, n) * np.log(jitter["aspect"]))).float()
     return crop_patch(img.float(), torch.from_numpy(centre).float(), torch.from_numpy(axis).float(),
-                      torch.from_numpy(side).float(), size)
+                      torch.from_numpy(side).float(), size, aspect)
 
 
 def grade_probs(logits: torch.Tensor) -> torch.Tensor:
-    return torch.cat([logits[:, VERT].softmax(1), logits[:, DISC].softmax(1), logits[:, V5 : V5 + 1].sigmoid()], 1)
+    """Per head: softmax for the exclusive grades, sigmoid for yes/no findings."""
+    parts = [logits[:, VERT].softmax(1), logits[:, DISC].softmax(1), logits[:, V5 : V5 + 1].sigmoid()]
+    if logits.shape[1] == N_GRADES_BOTH:
+        parts += [logits[:, HERNIATION : BULGING + 1].sigmoid(), logits[:, PFIRRMANN].softmax(1),
+                  logits[:, FINDINGS].sigmoid()]
+    return torch.cat(parts, 1)

@@ -19,6 +19,14 @@ VERT = slice(0, 2)
 DISC = slice(2, 6)
 V5 = 6
 N_GRADES = 7
+# A grader trained on SPIDER too has these after the Tianchi ones (discs only): herniation, bulging (one logit
+# each), Pfirrmann grade 1..5 (softmax), then one logit per finding in SPIDER_FINDINGS.
+HERNIATION = 7
+BULGING = 8
+PFIRRMANN = slice(9, 14)
+SPIDER_FINDINGS = ("modic", "up_endplate", "low_endplate", "narrowing", "spondylolisthesis")
+FINDINGS = slice(14, 14 + len(SPIDER_FINDINGS))
+N_GRADES_BOTH = FINDINGS.stop
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -90,10 +98,13 @@ def decode_heatmaps(logits: torch.Tensor, window: int = 2) -> tuple[torch.Tensor
 
 class Grader(nn.Module):
     """torchvision ResNet (weights=None, one input channel) on a level crop, plus which level it is.
-    resnet18 for the default model; resnet50 is the seed report's choice."""
+    resnet18 for the default model; resnet50 is the seed report's choice. outputs: N_GRADES (Tianchi heads) or
+    N_GRADES_BOTH (Tianchi and SPIDER heads on one backbone)."""
 
-    def __init__(self, arch: str = "resnet18") -> None:
+    def __init__(self, arch: str = "resnet18", outputs: int = N_GRADES) -> None:
         super().__init__()
+        if outputs not in (N_GRADES, N_GRADES_BOTH):
+            raise ValueError(f"a grader has {N_GRADES} or {N_GRADES_BOTH} outputs, not {outputs}")
         if arch not in ("resnet18", "resnet50"):
             raise ValueError(f"unknown grader architecture {arch!r}")
         net = getattr(torchvision.models, arch)(weights=None)
@@ -101,7 +112,7 @@ class Grader(nn.Module):
         feats = net.fc.in_features
         net.fc = nn.Identity()
         self.backbone = net
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feats + N_LEVELS, N_GRADES))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feats + N_LEVELS, outputs))
 
     def forward(self, crops: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(crops)

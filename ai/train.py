@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,12 +18,15 @@ import torch.nn.functional as F
 
 from ai.calibrate import calibration_error, fit_temperatures
 from ai.data import Study, load_dataset, target_array
+from ai.spider import load_spider
 from ai.decide import Decision
-from ai.evaluate import METRIC_KEYS, StudyResult, evaluate
+from ai.evaluate import METRIC_KEYS, evaluate, results_for
 from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
 from ai.infer import Analyzer, level_crops
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
-from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, V5, VERT, Grader, LandmarkNet
+from ai import joint
+from ai.joint import SpiderItem, spider_targets
+from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, N_GRADES, N_GRADES_BOTH, V5, VERT, Grader, LandmarkNet
 from ai.quantize import calibrate_folder
 
 Log = Callable[[str], None]
@@ -157,27 +160,36 @@ def _grade_targets(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str = "resnet18",
-                 crop_size: int = CROP_SIZE, device: str = "cpu") -> Grader:
+                 crop_size: int = CROP_SIZE, device: str = "cpu", spider: Sequence[SpiderItem] | None = None) -> Grader:
+    """With spider, one backbone learns both sets: each step grades 6 Tianchi studies (all 11 levels) and the
+    usable discs of about as many SPIDER slices, each set on its own heads, with crops augmented as another
+    hospital's scanner would change them."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = Grader(arch).to(device)
+    net = Grader(arch, N_GRADES_BOTH if spider else N_GRADES).to(device)
     vert, disc, v5, present = _grade_targets(items)
     counts = torch.bincount(disc[disc >= 0], minlength=4).float()
     disc_w = (counts.sum() / counts.clamp_min(1)) ** 0.5
     disc_w = (disc_w / disc_w.mean()).to(device)
     v5_pos = ((v5 == 1).sum() / (v5 >= 0).sum().clamp_min(1)).clamp_min(1e-3)
     pos_weight = (((1 - v5_pos) / v5_pos) ** 0.5).to(device)
+    sp_t = spider_targets(spider) if spider else {}
+    sp_w = {name: joint.pos_weight(t).to(device) for name, t in sp_t.items()}
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     per_epoch = math.ceil(len(items) / 6)
+    sp_per_step = math.ceil(len(spider) / per_epoch) if spider else 0
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs * per_epoch, pct_start=0.2)
-    jitter = {"rng": rng, "deg": 10.0, "scale": 0.12, "shift": 0.12}
+    jitter: dict[str, Any] = {"rng": rng, "deg": 10.0, "scale": 0.12, "shift": 0.12}
+    if spider:
+        jitter["aspect"] = 1.3  # SPIDER's grids stretch some slices head to feet
     levels = torch.arange(len(LEVELS))
     for epoch in range(epochs):
         net.train()
         order = rng.permutation(len(items))
+        sp_order = rng.permutation(len(spider)) if spider else np.zeros(0, int)
         total = 0.0
         t0 = time.time()
-        for b in range(0, len(order), 6):  # 6 studies = 66 crops a step
+        for step, b in enumerate(range(0, len(order), 6)):  # 6 studies = 66 crops a step
             idx = order[b : b + 6]
             crops, lv, tv, td, t5 = [], [], [], [], []
             for i in idx:
@@ -186,21 +198,40 @@ def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str 
                 if not it.mask.all():  # fill a missing point between its neighbours so geometry stays sane
                     xy = _fill_missing(xy, it.mask)
                 c = level_crops(torch.from_numpy(it.img01)[None], xy, jitter, crop_size)
-                g = torch.tensor(rng.uniform(0.75, 1.35), dtype=torch.float32)
-                crops.append((c.clamp(0, 1) ** g) * float(rng.uniform(0.85, 1.15)))
+                if spider:
+                    crops.append(joint.hospital_augment(c, rng))
+                else:
+                    g = torch.tensor(rng.uniform(0.75, 1.35), dtype=torch.float32)
+                    crops.append((c.clamp(0, 1) ** g) * float(rng.uniform(0.85, 1.15)))
                 lv.append(levels)
                 tv.append(vert[i]); td.append(disc[i]); t5.append(v5[i])  # noqa: E702
+            n_tianchi = sum(len(c) for c in crops)
+            sp_t_step: dict[str, list[torch.Tensor]] = {name: [] for name in sp_t}
+            for j in sp_order[step * sp_per_step : (step + 1) * sp_per_step]:
+                it_s = spider[j]
+                rows = torch.from_numpy(np.flatnonzero(it_s.use))
+                if len(rows) == 0:
+                    continue
+                c = level_crops(torch.from_numpy(it_s.img01)[None], it_s.xy, jitter, crop_size)[rows]
+                crops.append(joint.hospital_augment(c, rng))
+                lv.append(rows)
+                for name in sp_t:
+                    sp_t_step[name].append(sp_t[name][j][rows])
             logits = net(torch.cat(crops).to(device), torch.cat(lv).to(device))
+            tianchi, sp_logits = logits[:n_tianchi], logits[n_tianchi:]
             tv, td, t5 = torch.cat(tv).to(device), torch.cat(td).to(device), torch.cat(t5).to(device)
             loss = logits.new_zeros(())
             if (tv >= 0).any():
-                loss = loss + F.cross_entropy(logits[tv >= 0][:, VERT], tv[tv >= 0], label_smoothing=0.05)
+                loss = loss + F.cross_entropy(tianchi[tv >= 0][:, VERT], tv[tv >= 0], label_smoothing=0.05)
             if (td >= 0).any():
-                loss = loss + F.cross_entropy(logits[td >= 0][:, DISC], td[td >= 0], weight=disc_w,
+                loss = loss + F.cross_entropy(tianchi[td >= 0][:, DISC], td[td >= 0], weight=disc_w,
                                               label_smoothing=0.05)
             if (t5 >= 0).any():
                 loss = loss + F.binary_cross_entropy_with_logits(
-                    logits[t5 >= 0][:, V5], t5[t5 >= 0].float(), pos_weight=pos_weight)
+                    tianchi[t5 >= 0][:, V5], t5[t5 >= 0].float(), pos_weight=pos_weight)
+            if len(sp_logits):
+                targets = {name: torch.cat(v).to(device) for name, v in sp_t_step.items()}
+                loss = loss + joint.spider_loss(sp_logits, targets, sp_w)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -230,23 +261,11 @@ def predict(analyzer: Analyzer, items: list[Item]) -> list[dict[str, Any]]:
     return out
 
 
-def results_for(items: list[Item], preds: list[dict], decision: Decision) -> list[StudyResult]:
-    res = []
-    for it, p in zip(items, preds):
-        levels = []
-        for i, level in enumerate(LEVELS):
-            labels, conf = decision.labels(level, np.asarray(p["probs"][i]))
-            levels.append({"level": level, "x": p["xy"][i][0], "y": p["xy"][i][1], "labels": labels,
-                           "confidence": conf})
-        res.append(StudyResult(it.study, it.spacing, levels))
-    return res
-
-
 def tune_decision(items: list[Item], preds: list[dict], rounds: int = 3) -> Decision:
     """Coordinate ascent on macro-F1 over the bias grid (biases are log-prior shifts)."""
     d = Decision()
     grid = np.round(np.arange(-1.5, 1.51, 0.25), 2)
-    best = evaluate(results_for(items, preds, d))["tianchi_macro_f1"]
+    best = evaluate(results_for(items, preds, d), False)["tianchi_macro_f1"]
     for _ in range(rounds):
         improved = False
         for attr, n in (("vertebra_bias", 2), ("disc_bias", 4)):
@@ -254,12 +273,12 @@ def tune_decision(items: list[Item], preds: list[dict], rounds: int = 3) -> Deci
                 for v in grid:
                     cand = Decision(list(d.vertebra_bias), list(d.disc_bias), d.v5_threshold)
                     getattr(cand, attr)[j] = float(v)
-                    score = evaluate(results_for(items, preds, cand))["tianchi_macro_f1"]
+                    score = evaluate(results_for(items, preds, cand), False)["tianchi_macro_f1"]
                     if score > best + 1e-9:
                         best, d, improved = score, cand, True
         for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
             cand = Decision(list(d.vertebra_bias), list(d.disc_bias), t)
-            score = evaluate(results_for(items, preds, cand))["tianchi_macro_f1"]
+            score = evaluate(results_for(items, preds, cand), False)["tianchi_macro_f1"]
             if score > best + 1e-9:
                 best, d, improved = score, cand, True
         if not improved:
@@ -272,29 +291,46 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "cpu") -> Analyzer:
+def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "cpu",
+        spider: Sequence[SpiderItem] | None = None, landmarks_from: Path | None = None) -> Analyzer:
+    """landmarks_from: a model folder whose landmark net is taken as it is (the same fold of an earlier run), so
+    that graders of several seeds are cross-validated at the same held-out points without training it again."""
     meta: dict[str, Any] = {"width": recipe.width, "input_size": recipe.input_size, "crop_size": recipe.crop_size,
                             "grader_arch": recipe.grader_arch}
     lm: Any
-    if recipe.detector == "yolo":
+    if landmarks_from is not None:
+        source = Analyzer.load(landmarks_from, device, fused=False)
+        lm = source.landmarks
+        meta.update({k: source.meta[k] for k in ("width", "input_size") if k in source.meta})
+        log(f"landmark net taken from {landmarks_from}")
+    elif recipe.detector == "yolo":
         from ai.seed import IMGSZ, train_detector
 
         lm = train_detector(items, recipe.lm_epochs, seed, log)
         meta.update(detector="yolo", input_size=IMGSZ)
     else:
         lm = train_landmarks(items, recipe.lm_epochs, seed, log, recipe, device)
-    gr = train_grader(items, recipe.gr_epochs, seed, log, recipe.grader_arch, recipe.crop_size, device)
+    gr = train_grader(items, recipe.gr_epochs, seed, log, recipe.grader_arch, recipe.crop_size, device, spider)
+    if spider:
+        meta["grader_outputs"] = N_GRADES_BOTH
     return Analyzer(lm, gr, Decision(), meta, torch.device(device))
 
 
-def summarise(items: list[Item], oof: list[dict], splits: list[np.ndarray]) -> dict[str, Any]:
-    """CV figures from out-of-fold predictions: each fold scored with a decision tuned on the other folds."""
+def predict_spider(analyzer: Analyzer, items: Sequence[SpiderItem]) -> list[dict[str, Any]]:
+    """Held-out SPIDER probabilities, graded at the points the slices were located at (no coordinates to learn)."""
+    return [{"instance_uid": it.study.instance_uid, "xy": it.xy.tolist(),
+             "probs": analyzer.grade(it.img01, it.xy.astype(np.float32)).tolist()} for it in items]
+
+
+def summarise(items: list[Item], oof: list[dict], splits: list[np.ndarray],
+              spider: tuple[Sequence[SpiderItem], list[dict], list[np.ndarray]] | None = None) -> dict[str, Any]:
+    """CV figures from out-of-fold predictions: each fold scored with a decision tuned on the other folds. With
+    spider (items, out-of-fold predictions, folds), fold k of both sets is held out together and the decision is
+    tuned on both (`ai.joint.tune_joint`)."""
+    if spider is not None:
+        return joint.summarise_joint(items, oof, splits, *spider) | _calibration(items, oof, splits)
     report: dict[str, Any] = {}
-    # Expected calibration error of the grader's confidences on held-out folds (what the SR reports), as is and
-    # with per-head temperatures fitted on the other folds: the evidence for shipping them or not. Both are means
-    # of per-fold figures, so they compare; the pooled figure (all 150 at once) is lower, fewer studies per bin.
-    studies = [it.study for it in items]
-    per_fold, plain, scaled = [], [], []
+    per_fold = []
     for val in splits:
         held = set(val)
         others = [i for i in range(len(items)) if i not in held]
@@ -302,60 +338,94 @@ def summarise(items: list[Item], oof: list[dict], splits: list[np.ndarray]) -> d
         m = evaluate(results_for([items[i] for i in val], [oof[i] for i in val], dec))
         m["decision"] = dec.to_dict()
         per_fold.append(m)
-        temps = fit_temperatures([studies[i] for i in others], [oof[i] for i in others])
-        plain.append(calibration_error([studies[i] for i in val], [oof[i] for i in val]))
-        scaled.append(calibration_error([studies[i] for i in val], [oof[i] for i in val], temps))
     report["per_fold"] = per_fold
     report["cv_mean"] = {key: round(float(np.mean([m[key] for m in per_fold])), 4) for key in METRIC_KEYS}
     report["cv_untuned_pooled"] = evaluate(results_for(items, oof, Decision()))
-    report["calibration_ece_oof_pooled"] = calibration_error(studies, oof)
-    mean = lambda per: {head: round(float(np.mean([f[head] for f in per])), 4) for head in per[0]}  # noqa: E731
-    report["calibration_ece_oof"] = mean(plain)
-    report["calibration_ece_temperature_nested"] = mean(scaled)
+    report.update(_calibration(items, oof, splits))
     final_decision = tune_decision(items, oof)
     report["decision"] = final_decision.to_dict()
     report["cv_pooled_tuned_in_sample"] = evaluate(results_for(items, oof, final_decision))
     return report
 
 
+def _calibration(items: list[Item], oof: list[dict], splits: list[np.ndarray]) -> dict[str, Any]:
+    """Expected calibration error of the grader's confidences on held-out folds (what the SR reports), as is and
+    with per-head temperatures fitted on the other folds: the evidence for shipping them or not. Both are means
+    of per-fold figures, so they compare; the pooled figure (all 150 at once) is lower, fewer studies per bin."""
+    studies = [it.study for it in items]
+    plain, scaled = [], []
+    for val in splits:
+        held = set(val)
+        others = [i for i in range(len(items)) if i not in held]
+        temps = fit_temperatures([studies[i] for i in others], [oof[i] for i in others])
+        plain.append(calibration_error([studies[i] for i in val], [oof[i] for i in val]))
+        scaled.append(calibration_error([studies[i] for i in val], [oof[i] for i in val], temps))
+    mean = lambda per: {head: round(float(np.mean([f[head] for f in per])), 4) for head in per[0]}  # noqa: E731
+    return {"calibration_ece_oof_pooled": calibration_error(studies, oof), "calibration_ece_oof": mean(plain),
+            "calibration_ece_temperature_nested": mean(scaled)}
+
+
 def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5, seed: int = 0,
-        final: bool = True, log: Log = print, device: str = "cpu") -> dict[str, Any]:
+        final: bool = True, log: Log = print, device: str = "cpu", spider_dir: Path | None = None,
+        spider_locator: str = "default", landmarks_from: Path | None = None, fold_seed: int = 0) -> dict[str, Any]:
     """The final fit comes first, so a run cut short still leaves a usable model; its decision rule is written
-    once the folds have been scored."""
+    once the folds have been scored. spider_dir: SPIDER's graded discs train the grader too, located by
+    spider_locator (a model that never saw SPIDER). landmarks_from: an earlier run's folder (same data, folds and
+    seed) whose final and fold landmark nets are reused."""
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     items = prepare(load_dataset(data_dir), recipe.input_size)
     log(f"{len(items)} studies loaded")
-    report: dict[str, Any] = {"folds": folds, "seed": seed, "recipe": asdict(recipe), "device": device,
-                              "per_fold": []}
+    spider: list[SpiderItem] = []
+    if spider_dir is not None:
+        spider = joint.prepare_spider(load_spider(spider_dir), Analyzer.load(spider_locator, device))
+        log(f"{len(spider)} SPIDER slices located, {sum(int(it.use.sum()) for it in spider)} discs used")
+    report: dict[str, Any] = {"folds": folds, "seed": seed, "fold_seed": fold_seed, "recipe": asdict(recipe),
+                              "device": device, "per_fold": []}
+    if spider:
+        report["spider"] = {"data": str(spider_dir), "locator": spider_locator}
+    if landmarks_from:
+        report["landmarks_from"] = str(landmarks_from)
     final_model = None
     if final:
         t0 = time.time()
-        final_model = fit(items, recipe, seed + 100, log, device)
+        final_model = fit(items, recipe, seed + 100, log, device, spider or None, landmarks_from)
         report["final_fit_seconds"] = round(time.time() - t0)
         final_model.meta["version"] = time.strftime("%Y%m%d")
         final_model.save(out_dir, {"cv_mean": None, "trained_on": len(items)})
     oof: list[dict | None] = [None] * len(items)
-    splits = folds_of(len(items), folds, seed) if folds > 1 else []
-    for k, val in enumerate(splits):
+    spider_oof: list[dict | None] = [None] * len(spider)
+    # The folds do not follow the model's seed: members of an ensemble are cross-validated on the same studies.
+    splits = folds_of(len(items), folds, fold_seed) if folds > 1 else []
+    spider_splits = (folds_of(len(spider), folds, fold_seed) if folds > 1 and spider
+                     else [np.zeros(0, int)] * len(splits))
+    for k, (val, sval) in enumerate(zip(splits, spider_splits)):
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
-        model = fit(train, recipe, seed + k, log, device)
+        strain = [spider[i] for i in range(len(spider)) if i not in set(sval)]
+        model = fit(train, recipe, seed + k, log, device, strain or None,
+                    landmarks_from / f"fold{k + 1}" if landmarks_from else None)
         model.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
-        preds = predict(model, [items[i] for i in val])
-        for i, p in zip(val, preds):
+        for i, p in zip(val, predict(model, [items[i] for i in val])):
             oof[i] = p
+        for i, p in zip(sval, predict_spider(model, [spider[i] for i in sval])):
+            spider_oof[i] = p
         log(f"fold {k + 1}/{folds} trained in {time.time() - t0:.0f}s")
         (out_dir / "oof.json").write_text(json.dumps([o for o in oof if o is not None]))
+        if spider:
+            (out_dir / "oof_spider.json").write_text(json.dumps([o for o in spider_oof if o is not None]))
     if splits:
-        report.update(summarise(items, [o for o in oof if o is not None], splits))
+        both = (spider, [o for o in spider_oof if o is not None], spider_splits) if spider else None
+        report.update(summarise(items, [o for o in oof if o is not None], splits, both))
         for k, m in enumerate(report["per_fold"], 1):
-            log(f"fold {k}: macro-F1 {m['tianchi_macro_f1']} within 6 mm {m['within_6mm']}")
+            extra = f" SPIDER herniation balanced accuracy {m['spider_herniation_balanced_accuracy']}" if spider else ""
+            log(f"fold {k}: macro-F1 {m['tianchi_macro_f1']} within 6 mm {m['within_6mm']}{extra}")
     if final_model is not None:
         final_model.decision = Decision.from_dict(report.get("decision", Decision().to_dict()))
-        final_model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items)})
+        final_model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items),
+                                   **({"spider_trained_on": len(spider)} if spider else {})})
         if final_model.grader is not None:
             calibrate_folder(out_dir, items)
     report["total_seconds"] = round(time.time() - t_start)

@@ -127,11 +127,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         for k, v in report.items():
-            if k not in ("per_class", "unanswered"):
-                print(f"{k:22s} {v}")
-        print(f"{'unanswered':22s} {len(report['unanswered'])}")
-        for k, v in report["per_class"].items():
+            if k not in ("per_class", "unanswered", "per_manufacturer"):
+                print(f"{k:34s} {v}")
+        print(f"{'unanswered':34s} {len(report['unanswered'])}")
+        for k, v in report.get("per_class", {}).items():
             print(f"  F1 {k:12s} {v['f1']:.3f}  (tp {v['tp']}, fp {v['fp']}, fn {v['fn']})")
+        for name, m in report.get("per_manufacturer", {}).items():
+            print(f"  {name}: {m['studies']} studies, abnormal balanced accuracy "
+                  f"{m['spider_abnormal_balanced_accuracy']}, "
+                  f"herniation sensitivity {m['spider_herniation_sensitivity']} / specificity "
+                  f"{m['spider_herniation_specificity']}, Pfirrmann exact {m['spider_pfirrmann_accuracy']}")
     return 0
 
 
@@ -144,7 +149,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     crop_size=args.crop_size, zoom=tuple(args.zoom), shift=args.shift)
     report = run(Path(args.data), Path(args.out), recipe, folds=args.folds, seed=args.seed,
                  final=not args.no_final, log=lambda m: print(m, file=sys.stderr, flush=True),
-                 device=str(pick_device(args.device)))
+                 device=str(pick_device(args.device)), spider_dir=Path(args.spider) if args.spider else None,
+                 spider_locator=args.spider_locator,
+                 landmarks_from=Path(args.landmarks_from) if args.landmarks_from else None)
     print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
     return 0
 
@@ -187,9 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", help="auto, cpu or cuda (default: [ai] device, 'auto')")
     sp.add_argument("--candidates", type=int, help="middle slices located before the best is graded, 1-5 "
                     "(default: [ai] candidate_slices, 3)")
-    sp = add("evaluate", cmd_evaluate, "score a model on annotated data (official metric)", config=False)
+    sp = add("evaluate", cmd_evaluate, "score a model on annotated data (Tianchi's official metric, or SPIDER's "
+             "disc grades)", config=False)
     sp.add_argument("--data", required=True,
-                    help="folder with *_annotation.json file(s) and the images, or one annotation file")
+                    help="folder with *_annotation.json file(s) and the images, or one annotation file (Tianchi); "
+                    "or a folder with labels.csv and images/ (SPIDER's graded discs)")
     sp.add_argument("--model", default="default", help="name under ai/weights or a folder")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--fp32-graders", action="store_true",
@@ -214,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-final", action="store_true", help="skip the final fit on all data")
+    sp.add_argument("--spider", help="SPIDER folder (labels.csv, images/): its graded discs train the grader too")
+    sp.add_argument("--spider-locator", default="default",
+                    help="model that locates SPIDER's discs (never one trained on SPIDER; default: the shipped one)")
+    sp.add_argument("--landmarks-from", metavar="RUN",
+                    help="reuse the final and fold landmark nets of an earlier run (same data, folds, seed) and train "
+                    "only the graders")
     return p
 
 

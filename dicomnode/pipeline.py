@@ -7,7 +7,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,14 @@ from pydicom.dataset import Dataset
 
 from ai.imaging import NotOneFrame, grey_frame, read_file
 from ai.infer import Analyzer, LevelResult, numbering_uncertain
+from ai.orient import Canonical, OrientationError, canonical
 from dicomnode.config import AIConfig, OutputConfig
 from dicomnode.report.common import OutputIds
-from dicomnode.report.gsps import build_gsps
+from dicomnode.report.gsps import build_gsps, window_of
 from dicomnode.report.preview import write_png
 from dicomnode.report.sc import build_sc
 from dicomnode.report.sr import build_sr
-from dicomnode.selection import Selection, select
+from dicomnode.selection import Header, Selection, select
 
 MAX_PIXELS = 4096 * 4096
 
@@ -46,18 +47,23 @@ class Analysis:
     selection: Selection
     model_version: str
     slice_scores: dict[str, float] = field(default_factory=dict)
+    orientation: str = "as stored"  # how the slice was turned for the nets (points are on the stored grid)
+    frame: int | None = None  # the analysed frame of a multi-frame image (1-based)
 
     def decision(self) -> dict[str, Any]:
         d = self.selection.to_dict()
         d["chosen_slice"] = str(self.source.SOPInstanceUID)
+        d["chosen_frame"] = self.frame
         d["slice_scores"] = self.slice_scores
+        d["orientation"] = self.orientation
         d["numbering_uncertain"] = numbering_uncertain(self.levels)
         return d
 
     def to_json(self) -> dict[str, Any]:
         decision = self.decision()
         return {"study_uid": str(self.source.StudyInstanceUID), "series_uid": str(self.source.SeriesInstanceUID),
-                "sop_instance_uid": str(self.source.SOPInstanceUID), "model_version": self.model_version,
+                "sop_instance_uid": str(self.source.SOPInstanceUID), "frame": self.frame,
+                "model_version": self.model_version,
                 "levels": [lv.to_dict() for lv in self.levels], "selection": decision,
                 "numbering_uncertain": decision["numbering_uncertain"]}
 
@@ -81,12 +87,12 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def load_pixels(ds: Dataset) -> np.ndarray:
+def load_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     if rows * cols > MAX_PIXELS:
         raise AnalysisError("too_large", f"slice of {rows}x{cols} pixels exceeds the {MAX_PIXELS} pixel limit")
     try:
-        return grey_frame(ds)
+        return grey_frame(ds, frame)
     except NotOneFrame as exc:
         raise AnalysisError("not_2d", str(exc))
     except Exception as exc:  # noqa: BLE001 - missing or undecodable pixel data
@@ -99,33 +105,54 @@ def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.ca
     selection = select(paths, candidates)
     if selection.series is None:
         raise NoInput(selection.reason)
-    read: list[tuple[Dataset, np.ndarray]] = []
+    read: list[tuple[Header, Dataset, np.ndarray, Canonical]] = []
     errors: list[AnalysisError] = []
+    files: dict[Path, Dataset] = {}  # the frames of a multi-frame object share one read
     for h in selection.candidates:
-        ds = read_file(h.path)
+        ds = files.get(h.path) or files.setdefault(h.path, read_file(h.path))
         try:
-            read.append((ds, load_pixels(ds)))
+            read.append((h, ds, load_pixels(ds, h.frame), orientation_of(h)))
         except AnalysisError as exc:
             errors.append(exc)
     if not read:
         raise errors[0] if errors else AnalysisError("no_slice", "no candidate slice could be read")
-    located = analyzer.locate_slices([pixels for _, pixels in read])  # one batch: cheaper than one by one
-    scores = {str(ds.SOPInstanceUID): round(found.score, 4) for (ds, _), found in zip(read, located)}
+    # one batch, each slice turned as the nets were trained: cheaper than one by one
+    located = analyzer.locate_slices([turn.image(pixels) for _, _, pixels, turn in read])
+    scores = {h.key: round(found.score, 4) for (h, _, _, _), found in zip(read, located)}
     best = max(range(len(read)), key=lambda i: located[i].score)  # the first of equals: the middle slice
-    (ds, pixels), found = read[best], located[best]
-    return Analysis(ds, pixels, analyzer.grade_slice(found), selection, analyzer.version, scores)
+    (h, ds, pixels, turn), found = read[best], located[best]
+    levels = to_stored_grid(analyzer.grade_slice(found), turn, pixels.shape)
+    return Analysis(ds, pixels, levels, selection, analyzer.version, scores, turn.describe(), h.frame)
 
 
-def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: OutputConfig, png: bool = False) -> list[Path]:
+def orientation_of(h: Header) -> Canonical:
+    """The slice's (for a multi-frame object: the frame's) orientation, or a recorded failure with the reason."""
+    try:
+        return canonical(h.get("ImageOrientationPatient"))
+    except OrientationError as exc:
+        raise AnalysisError("orientation", f"slice orientation cannot be read: {exc}"[:300])
+
+
+def to_stored_grid(levels: list[LevelResult], turn: Canonical, shape: tuple[int, int]) -> list[LevelResult]:
+    """The nets' points (on the turned slice) on the stored pixel grid, where viewers draw the SR and GSPS."""
+    if turn.identity:
+        return levels
+    xy = turn.to_stored(np.array([[lv.x, lv.y] for lv in levels]), shape)
+    return [replace(lv, x=float(x), y=float(y)) for lv, (x, y) in zip(levels, xy)]
+
+
+def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: OutputConfig,
+                  png: bool = False) -> list[Path]:
     """SR and GSPS (as configured) and an optional preview PNG; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = OutputIds(str(analysis.source.StudyInstanceUID), revision)
     written = []
     if output.sr:
-        sr = build_sr(analysis.source, analysis.levels, analysis.model_version, ids)
+        sr = build_sr(analysis.source, analysis.levels, analysis.model_version, ids, analysis.frame)
         written.append(_save(sr, out_dir / "sr.dcm"))
     if output.gsps:
-        pr = build_gsps(analysis.source, analysis.levels, analysis.model_version, ids, output.show_normal_levels)
+        pr = build_gsps(analysis.source, analysis.levels, analysis.model_version, ids, output.show_normal_levels,
+                        analysis.frame, window_of(analysis.pixels))
         written.append(_save(pr, out_dir / "gsps.dcm"))
     if output.secondary_capture:
         sc = build_sc(analysis.source, analysis.pixels, analysis.levels, analysis.model_version, ids)

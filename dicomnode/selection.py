@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.uid import MRImageStorage
+from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage, MRImageStorage
 
 from ai.imaging import read_file
 
@@ -19,7 +19,9 @@ HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ImageType",
     "SeriesDescription", "ProtocolName", "SequenceName", "ImageOrientationPatient", "ImagePositionPatient",
     "EchoTime", "RepetitionTime", "InversionTime", "ScanningSequence", "InstanceNumber", "ImagesInAcquisition",
-    "Rows", "Columns", "NumberOfFrames", "SeriesNumber", "SpecificCharacterSet",
+    "Rows", "Columns", "NumberOfFrames", "SeriesNumber", "SpecificCharacterSet", "PhotometricInterpretation",
+    # multi-frame MR: each frame's plane, position and timing
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
 ]
 
 _LOCALIZER = re.compile(r"LOC|SCOUT|SURVEY|PILOT|3[- ]?PLANE|TRI[- ]?PLANE|定位", re.I)
@@ -31,13 +33,74 @@ _FS = re.compile(r"\bFS\b|_FS|FS_|FAT.?SAT|FATSAT|SPAIR|SPIR|\bFS\d|DIXON.?W|压
 _NOT_FS = re.compile(r"FSE|TSE", re.I)
 
 
+MULTI_FRAME_MR = {EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage}
+READABLE_CLASSES = {MRImageStorage, *MULTI_FRAME_MR}
+
+
 @dataclass
 class Header:
+    """One slice: a single-frame instance, or one frame (1-based `frame`) of a multi-frame one, whose plane,
+    position and timing come from its functional groups (`frame_values`)."""
+
     path: Path
     ds: pydicom.Dataset
+    frame: int | None = None
+    values: dict[str, Any] = field(default_factory=dict)
 
     def get(self, name: str, default: Any = None) -> Any:
+        if name in self.values:
+            return self.values[name]
         return self.ds.get(name, default)
+
+    @property
+    def key(self) -> str:
+        """The slice's name in a job's decision: the SOP Instance UID, and the frame of a multi-frame one."""
+        uid = str(self.ds.SOPInstanceUID)
+        return uid if self.frame is None else f"{uid} frame {self.frame}"
+
+
+def _item(ds: Any, sequence: str) -> Any:
+    seq = ds.get(sequence) if ds is not None else None
+    return seq[0] if seq else None
+
+
+def frame_values(ds: pydicom.Dataset, index: int) -> dict[str, Any]:
+    """What a frame of an Enhanced / Legacy Converted Enhanced MR object says of itself (per-frame functional
+    group first, else the shared one): orientation, position, echo and repetition time."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    groups = [per_frame[index] if per_frame and index < len(per_frame) else None,
+              _item(ds, "SharedFunctionalGroupsSequence")]
+    out: dict[str, Any] = {}
+    for name, seq, attr in (("ImageOrientationPatient", "PlaneOrientationSequence", "ImageOrientationPatient"),
+                            ("ImagePositionPatient", "PlanePositionSequence", "ImagePositionPatient"),
+                            ("EchoTime", "MREchoSequence", "EffectiveEchoTime"),
+                            ("RepetitionTime", "MRTimingAndRelatedParametersSequence", "RepetitionTime"),
+                            ("PixelSpacing", "PixelMeasuresSequence", "PixelSpacing"),
+                            ("SliceThickness", "PixelMeasuresSequence", "SliceThickness"),
+                            # a legacy conversion keeps what has no functional group of its own here
+                            ("EchoTime", "UnassignedSharedConvertedAttributesSequence", "EchoTime"),
+                            ("RepetitionTime", "UnassignedSharedConvertedAttributesSequence", "RepetitionTime"),
+                            ("EchoTime", "UnassignedPerFrameConvertedAttributesSequence", "EchoTime"),
+                            ("RepetitionTime", "UnassignedPerFrameConvertedAttributesSequence", "RepetitionTime")):
+        if name in out:
+            continue
+        for group in groups:
+            item = _item(group, seq)
+            if item is not None and attr in item:
+                out[name] = item.get(attr)
+                break
+    return out
+
+
+def frames_of(path: Path, ds: pydicom.Dataset) -> list[Header]:
+    """A multi-frame MR object as one Header per frame; any other instance as itself."""
+    if str(ds.get("SOPClassUID", "")) not in MULTI_FRAME_MR:
+        return [Header(path, ds)]
+    n = int(ds.get("NumberOfFrames") or 1)
+    # A frame's geometry is its functional groups' or none: a top-level orientation is not part of these objects,
+    # and one found there is not trusted for every frame (the series then ends no_input, "unknown plane").
+    geometry = {"ImageOrientationPatient": None, "ImagePositionPatient": None}
+    return [Header(path, ds, i + 1, {**geometry, **frame_values(ds, i)}) for i in range(n)]
 
 
 @dataclass
@@ -71,7 +134,7 @@ class Selection:
             "series_uid": self.series.series_uid if self.series else None,
             "series_description": self.series.description if self.series else None,
             "slices": len(self.ordered), "complete": self.complete,
-            "candidates": [str(h.ds.SOPInstanceUID) for h in self.candidates],
+            "candidates": [h.key for h in self.candidates],
             "reason": self.reason, "considered": self.considered,
         }
 
@@ -80,7 +143,7 @@ def read_headers(paths: list[Path]) -> tuple[list[Header], list[str]]:
     headers, problems = [], []
     for p in paths:
         try:
-            headers.append(Header(p, read_file(p, stop_before_pixels=True, specific_tags=HEADER_TAGS)))
+            headers += frames_of(p, read_file(p, stop_before_pixels=True, specific_tags=HEADER_TAGS))
         except Exception as exc:  # noqa: BLE001 - one unreadable file must not sink the study
             problems.append(f"{p.name}: {type(exc).__name__}")
     return headers, problems
@@ -139,11 +202,13 @@ def describe_series(uid: str, headers: list[Header]) -> SeriesInfo:
     if len(planes) > 1:
         info.plane = "mixed"
     info.weighting, info.fat_suppressed = weighting_of(desc, first)
-    if classes != {MRImageStorage}:
-        names = ", ".join(sorted(pydicom.uid.UID(c).name for c in classes))
-        info.excluded = f"not single-frame MR images ({names})"
-    elif any(int(h.get("NumberOfFrames") or 1) > 1 for h in headers):
-        info.excluded = "multi-frame images"
+    if not classes <= READABLE_CLASSES:
+        names = ", ".join(sorted(pydicom.uid.UID(c).name for c in classes - READABLE_CLASSES))
+        info.excluded = f"not MR images the node reads ({names})"
+    elif any(h.frame is None and int(h.get("NumberOfFrames") or 1) > 1 for h in headers):
+        info.excluded = "multi-frame images in a single-frame MR object"
+    elif any(not str(h.get("PhotometricInterpretation") or "MONOCHROME2").startswith("MONOCHROME") for h in headers):
+        info.excluded = "colour images"
     elif "LOCALIZER" in image_types or _LOCALIZER.search(desc):
         info.excluded = "localiser"
     elif "DERIVED" in image_types or "SECONDARY" in image_types:

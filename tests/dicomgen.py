@@ -184,3 +184,23 @@ def data_subset(shared_data: Path, folder: Path, n: int) -> Path:
         if uid in wanted:
             shutil.copy(f, folder / "images" / f"{uid}.dcm")
     return folder
+
+
+def write_multiframe(path: Path, spec: SeriesSpec, study_uid: str, pixels: list[np.ndarray] | None = None,
+                     enhanced: bool = False) -> Path:
+    """The series as one Legacy Converted Enhanced MR object, built by highdicom from the single-frame instances
+    (plane, position and timing per frame in the functional groups, as a Siemens XA or Philips scanner sends a
+    sagittal series); enhanced=True relabels it Enhanced MR Image Storage, the other multi-frame MR class the node
+    reads (same functional groups for what the node uses)."""
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    series_uid = generate_uid()
+    singles = [make_instance(spec, study_uid, series_uid, i, pixels=None if pixels is None else pixels[i])
+               for i in range(spec.slices)]
+    for ds in singles:
+        ds.StudyID, ds.AccessionNumber = "1", "ACC1"
+    mf = LegacyConvertedEnhancedMRImage(singles, series_uid, spec.series_number, generate_uid(), 1)
+    if enhanced:
+        mf.SOPClassUID = mf.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    mf.save_as(path, enforce_file_format=True)
+    return path

@@ -98,3 +98,66 @@ def test_orthanc_to_node_to_orthanc(node_factory, orthanc_factory, shared_data, 
     assert loaded and loaded[0]["int8_graders"] is True  # the admin sees how the CPU node grades
     (tmp_path / "latency.json").write_text(json.dumps({"latency_s": round(latency, 2)}))
     print(f"\nlast instance pushed -> SR+GSPS stored in Orthanc: {latency:.1f} s")
+
+
+def test_a_multi_frame_series_goes_through_and_the_marks_land_on_the_analysed_frame(node_factory, orthanc_factory,
+                                                                                      shared_data, tmp_path: Path):
+    """A sagittal T2 series sent as one Legacy Converted Enhanced MR object (five frames; the real slice is the
+    middle one, the others no anatomy): the job ends done, the SR and GSPS reach Orthanc, both reference the
+    middle frame, and DCMTK draws the GSPS on that frame only."""
+    import highdicom as hd
+    from dicomgen import write_multiframe
+    from peers import free_port
+
+    node_port = free_port()
+    pacs = orthanc_factory({"node": {"AET": "DICOMNODE", "Host": "127.0.0.1", "Port": node_port}})
+    node = node_factory(port=node_port, destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                                                       "port": pacs.dicom}]).start()
+    src = pydicom.dcmread(load_dataset(shared_data)[5].path)
+    real = src.pixel_array.astype(np.uint16)
+    from dicomgen import phantom
+
+    frames = [phantom(*real.shape, seed=k) for k in range(5)]
+    frames[2] = real
+    spec = SeriesSpec("T2_TSE_SAG", slices=5, rows=real.shape[0], cols=real.shape[1],
+                      pixel_spacing=tuple(float(v) for v in src.PixelSpacing))
+    study = generate_uid()
+    mf = write_multiframe(tmp_path / "mf.dcm", spec, study, pixels=frames)
+    pacs.post("/modalities/node/store", {"Resources": pacs.upload([mf]), "Synchronous": True})
+    wanted = {"1.2.840.10008.5.1.4.1.1.88.33": "sr", "1.2.840.10008.5.1.4.1.1.11.1": "gsps"}
+    got: dict[str, Path] = {}
+    deadline = time.time() + 240
+    while time.time() < deadline and len(got) < 2:
+        for i in pacs.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study}}):
+            kind = wanted.get(pacs.get(f"/instances/{i}/simplified-tags")["SOPClassUID"])
+            if kind and kind not in got:
+                import urllib.request
+
+                got[kind] = tmp_path / f"{kind}.dcm"
+                got[kind].write_bytes(urllib.request.urlopen(pacs.url(f"/instances/{i}/file"), timeout=30).read())
+        time.sleep(0.5)
+    assert set(got) == {"sr", "gsps"}, node.log.read_text()[-3000:]
+    r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True,
+                       timeout=60)
+    job = json.loads(r.stdout)[0]
+    assert job["state"] == "done" and job["selection"]["chosen_frame"] == 3, job
+    gsps = pydicom.dcmread(got["gsps"])
+    frames = {int(item.ReferencedImageSequence[0].ReferencedFrameNumber) for item in gsps.GraphicAnnotationSequence}
+    assert frames == {3}
+    sr = hd.sr.srread(got["sr"])
+    for group in sr.content.get_planar_roi_measurement_groups():
+        assert int(group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber) == 3
+    for path in got.values():
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+        assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")], path
+    # DCMTK applies a presentation state's frame references: its dump (of frame 1) shows none of the marks; the same
+    # presentation state pointed at frame 1 shows them all, at the node's coordinates
+    dump = lambda pr: subprocess.run(["dcmp2pgm", "-v", "-p", str(pr), str(mf), "/dev/null"],  # noqa: E731
+                                     capture_output=True, text=True, timeout=60)
+    assert "Number of graphic objects: 0" in dump(got["gsps"]).stderr
+    assert all(f"Number of graphic objects: {n}" not in dump(got["gsps"]).stderr for n in range(1, 12))
+    for item in gsps.GraphicAnnotationSequence:
+        item.ReferencedImageSequence[0].ReferencedFrameNumber = 1
+    gsps.save_as(tmp_path / "frame1.dcm")
+    shown = dump(tmp_path / "frame1.dcm").stderr
+    assert "Number of graphic objects: 0" not in shown.split("Graphic Layer #1")[1].split("Graphic Layer #2")[0], shown

@@ -114,3 +114,32 @@ def test_assemble_scores_the_members_out_of_fold_and_loads(shared_data: Path, tm
     assert ens.int8_graders  # the graders' activation ranges were measured on the data as they were copied
     levels = ens.analyze(*load_dataset(data)[0].load())
     assert len(levels) == 11
+
+
+def test_tianchi_heads_come_from_the_named_graders_and_spider_heads_from_those_that_have_them(tmp_path: Path):
+    """A grader trained on Tianchi alone (7 outputs) and one trained on both sets (19): with tianchi_heads naming the
+    first, the Tianchi classes are read from it alone and the SPIDER ones (herniation, bulging, Pfirrmann...) from the
+    second; without, the Tianchi classes are the mean of both. The second has no landmark net of its own."""
+    from ai.decide import DiscRule
+    from ai.infer import combine_grades
+    from ai.models import N_GRADES, N_GRADES_BOTH
+
+    _member(tmp_path / "t", 1)
+    torch.manual_seed(2)
+    meta = {"width": 8, "input_size": 64, "crop_size": 32, "grader_arch": "resnet18", "grader_outputs": N_GRADES_BOTH}
+    Analyzer(LandmarkNet(8), Grader(outputs=N_GRADES_BOTH), Decision(disc_rule=DiscRule()), meta,
+             torch.device("cpu")).save(tmp_path / "j")
+    (tmp_path / "j" / "landmarks.safetensors").unlink()  # a grading-only member, as ai.ensemble copies one
+    spec = {"members": ["t", "j"], "locate": ["t"], "grade": ["t", "j"], "tianchi_heads": ["t"]}
+    (tmp_path / "model.json").write_text(json.dumps({"ensemble": spec, "version": "test",
+                                                     "decision": Decision(disc_rule=DiscRule()).to_dict()}))
+    ens = Analyzer.load(tmp_path, "cpu")
+    img = np.random.default_rng(0).random((200, 160), dtype=np.float32)
+    xy, _ = ens.locate(img)
+    t, j = (m.grade(img, xy) for m in ens.graders)
+    probs = ens.grade(img, xy)
+    assert probs.shape == (11, N_GRADES_BOTH)
+    assert np.allclose(probs[:, :N_GRADES], t) and np.allclose(probs[:, N_GRADES:], j[:, N_GRADES:])
+    assert np.allclose(combine_grades([t, j])[:, :N_GRADES], (t + j[:, :N_GRADES]) / 2)
+    assert all(lv.pfirrmann in (1, 2, 3, 4, 5) for lv in ens.analyze(img * 1000, (1.0, 1.0)) if lv.kind == "disc")
+    assert combine_grades([t, t]).shape == (11, N_GRADES)  # no grader with SPIDER heads: Tianchi's only

@@ -65,3 +65,15 @@ def test_missing_ground_truth_point_and_extra_prediction():
     ("disc", [], None)])
 def test_seed_classes(kind, labels, expected):
     assert seed_class(kind, labels) == expected
+
+
+def test_single_label_figure_drops_the_schmorl_label_beside_a_disc_grade():
+    """The official evaluator reads one code per point: with 'v3,v5' predicted and true, our metric counts both,
+    the single-label figure only v3 (so Schmorl's node is a false negative there)."""
+    s = study({"L4-L5": ["v3", "v5"]})
+    m = evaluate([StudyResult(s, (0.5, 0.5), preds(s))])
+    assert m["per_class"]["disc_v5"]["f1"] == 1.0
+    assert m["tianchi_macro_f1_single_label"] < m["tianchi_macro_f1"]
+    plain = study()
+    m = evaluate([StudyResult(plain, (0.5, 0.5), preds(plain))])
+    assert m["tianchi_macro_f1_single_label"] == m["tianchi_macro_f1"]

@@ -72,3 +72,33 @@ def test_a_series_of_bare_data_sets_is_analysed_like_part10_files(tmp_path: Path
         write_bare(p)
     bare = analyse(paths, analyzer, candidates=1)
     assert [lv.to_dict() for lv in bare.levels] == [lv.to_dict() for lv in part10.levels]
+
+
+def test_a_slice_whose_orientation_cannot_be_named_fails_with_the_reason(tmp_path: Path):
+    """A sagittal plane turned 45 degrees in-plane: neither axis is up, so the node refuses rather than guesses."""
+    from dicomnode.pipeline import AnalysisError
+
+    paths = write_series(tmp_path / "in", SeriesSpec(slices=3), "1.2.826.0.1.3680043.8.498.6")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.ImageOrientationPatient = [0, 0.70710678, 0.70710678, 0, -0.70710678, 0.70710678]
+        ds.save_as(p)
+    with pytest.raises(AnalysisError) as err:
+        analyse(paths, Analyzer.load("default", "cpu"), candidates=1)
+    assert err.value.code == "orientation" and "leans to no patient axis" in err.value.reason
+
+
+def test_a_multi_frame_series_is_analysed_frame_by_frame(tmp_path: Path):
+    """The frames of one Legacy Converted Enhanced MR object are ordered by position like single slices; the middle
+    frames are the candidates and the chosen one is named in the decision."""
+    from dicomgen import write_multiframe
+
+    path = write_multiframe(tmp_path / "mf.dcm", SeriesSpec("T2 SAG", slices=5), "1.2.826.0.1.3680043.8.498.7")
+    result = analyse([path], Analyzer.load("default", "cpu"))
+    uid = str(result.source.SOPInstanceUID)
+    assert set(result.slice_scores) == {f"{uid} frame {k}" for k in (2, 3, 4)}
+    assert result.frame in (2, 3, 4) and result.decision()["chosen_frame"] == result.frame
+    assert result.to_json()["frame"] == result.frame
+    enhanced = write_multiframe(tmp_path / "emr.dcm", SeriesSpec("T2 SAG", slices=5), "1.2.826.0.1.3680043.8.498.8",
+                                enhanced=True)
+    assert analyse([enhanced], Analyzer.load("default", "cpu"), candidates=1).frame == 3

@@ -22,11 +22,16 @@ from dicomnode.report.sr import build_sr
 pytestmark = pytest.mark.peers
 
 LABELS = {"L4-L5": ["v3", "v5"], "L5-S1": ["v2"], "L3": ["v2"]}
+PFIRRMANN = {"L4-L5": 4, "L5-S1": 3}
 
 
-def levels(agreement: float = 1.0) -> list[LevelResult]:
-    return [LevelResult(lv, level_kind(lv), 120.0 + i, 30.0 + 18 * i, LABELS.get(lv, ["v1"]), 0.81, 0.93, agreement)
-            for i, lv in enumerate(LEVELS)]
+def levels(agreement: float = 1.0, pfirrmann: bool = True) -> list[LevelResult]:
+    out = []
+    for i, lv in enumerate(LEVELS):
+        grade = PFIRRMANN.get(lv, 2) if pfirrmann and level_kind(lv) == "disc" else None
+        out.append(LevelResult(lv, level_kind(lv), 120.0 + i, 30.0 + 18 * i, LABELS.get(lv, ["v1"]), 0.81, 0.93,
+                               agreement, grade, 0.66 if grade else None))
+    return out
 
 
 def source(tmp_path: Path, name: str = "Test^Patient", charset: str | None = None) -> tuple[pydicom.Dataset, Path]:
@@ -76,11 +81,19 @@ def test_sr_content_reads_back(tmp_path: Path):
     groups = sr.content.get_planar_roi_measurement_groups()
     assert len(groups) == 11
     by_id = {g.tracking_identifier: g for g in groups}
-    g = by_id["L4-L5: protrusion, Schmorl's node"]
+    g = by_id["L4-L5: protrusion, Schmorl's node, Pfirrmann IV"]
     assert g.finding_sites[0].value.value == "84020006"  # SNOMED CT L4/L5 disc
-    meanings = {e.name.meaning for e in g.get_qualitative_evaluations()}
-    assert meanings == {"Disc protrusion", "Schmorl's nodes"}
+    evaluations = {e.name.meaning: e.value.meaning for e in g.get_qualitative_evaluations()}
+    assert evaluations == {"Disc protrusion": "Present", "Schmorl's nodes": "Present",
+                           "Pfirrmann grade": "Pfirrmann grade IV"}
+    assert {m.name.meaning: m.value for m in g.get_measurements()}["Pfirrmann grade confidence"] == 0.66
     assert np.allclose(g.roi.value, [[128.0, 174.0]])
+    # a vertebra has no Pfirrmann grade; a model without the SPIDER heads writes none either
+    assert "Pfirrmann" not in {e.name.meaning for e in by_id["L3: degenerated"].get_qualitative_evaluations()}
+    plain = hd.sr.srread(write(build_sr(src, levels(pfirrmann=False), "t", OutputIds(src.StudyInstanceUID, 1)),
+                               tmp_path / "plain.dcm"))
+    assert "L4-L5: protrusion, Schmorl's node" in {g.tracking_identifier for g in
+                                                   plain.content.get_planar_roi_measurement_groups()}
 
 
 def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path):
@@ -93,7 +106,8 @@ def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path
     r = subprocess.run(["dcmp2pgm", "-v", "-p", str(pr), str(src_path), "/dev/null"], capture_output=True, text=True,
                        timeout=60)
     dump = r.stdout + r.stderr
-    assert "ABNORMAL" in dump and "L4-L5 protrusion, Schmorl's node" in dump and "L5-S1 bulge" in dump
+    assert "ABNORMAL" in dump and "L4-L5: protrusion, Schmorl's node, Pfirrmann IV" in dump
+    assert "L5-S1: bulge, Pfirrmann III" in dump
     coords = [tuple(map(float, m)) for m in re.findall(r"(-?[\d.]+)\\(-?[\d.]+)", dump)]
     shapes = outline(lv)
     for level in ("L4-L5", "L5-S1"):  # each abnormal disc's ellipse points are drawn where the finding is
@@ -185,6 +199,6 @@ def test_uncertain_numbering_is_said_in_the_sr_and_on_the_image(tmp_path: Path):
     assert "Test passed" in r.stdout + r.stderr
     r = subprocess.run(["dcmp2pgm", "-v", "-p", str(pr_path), str(src_path), "/dev/null"], capture_output=True,
                        text=True, timeout=60)
-    assert WARNING_TEXT in r.stdout + r.stderr and "L4-L5 protrusion" in r.stdout + r.stderr
+    assert WARNING_TEXT in r.stdout + r.stderr and "L4-L5: protrusion" in r.stdout + r.stderr
     certain = build_gsps(src, levels(), "test-1", ids)
     assert "WARNING" not in [g.GraphicLayer for g in certain.GraphicLayerSequence]

@@ -37,7 +37,13 @@ FINDING = {
     ("disc", "v4"): _private("DN004", "Disc extrusion"),
     ("disc", "v5"): SCHMORL,
 }
+# Pfirrmann disc degeneration grade: no code for it or its grades was found in SNOMED CT, LOINC or DICOM's own
+# dictionaries (pydicom's, checked); the concept and its five values are ours, listed in the conformance statement.
+PFIRRMANN_GRADE = _private("DN010", "Pfirrmann grade")
+PFIRRMANN = {g: _private(f"DN01{g}", f"Pfirrmann grade {roman}")
+             for g, roman in ((1, "I"), (2, "II"), (3, "III"), (4, "IV"), (5, "V"))}
 CONFIDENCE = _private("DN100", "Algorithm confidence")
+PFIRRMANN_CONFIDENCE = _private("DN102", "Pfirrmann grade confidence")
 LOCALISATION = _private("DN101", "Localisation confidence")
 UNITLESS = CodedConcept("1", "UCUM", "no units")
 PROCEDURE = codes.cid100.MRIUnspecifiedBodyRegion

@@ -57,14 +57,36 @@ def character_set(source: Dataset) -> str | list[str] | None:
 
 
 def carry_patient_context(out: Dataset, source: Dataset) -> None:
-    """Character set from the source, so GB18030 / UTF-8 / ISO 2022 names survive; body part for GSPS."""
+    """Character set from the source, so GB18030 / UTF-8 / ISO 2022 names survive; the body part."""
     charset = character_set(source)
     if charset:
         out.SpecificCharacterSet = charset
-    if "BodyPartExamined" in source and "BodyPartExamined" not in out:
-        out.BodyPartExamined = source.BodyPartExamined
+    if "BodyPartExamined" not in out:
+        # a multi-frame image names its anatomy per frame (Frame Anatomy), not here; what the node reads is a lumbar
+        # spine, and without a body part a validator asks for Laterality
+        out.BodyPartExamined = source.get("BodyPartExamined") or "LSPINE"
 
 
 def caret_name(value: Any) -> str:
     text = str(value)
     return text if "^" in text else text + "^"
+
+
+def frame_view(source: Dataset, frame: int | None) -> Dataset:
+    """The header of a multi-frame source with one frame's geometry (pixel spacing, orientation, position, slice
+    thickness from its functional groups) at the top level, where the SR's image library reads them; the source
+    itself for a single-frame image."""
+    if frame is None:
+        return source
+    from dicomnode.selection import frame_values
+
+    view = Dataset()
+    for elem in source:
+        if elem.keyword not in ("PixelData", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+            view.add(elem)
+    view.file_meta = source.file_meta
+    for name, value in frame_values(source, frame - 1).items():
+        if value is not None and name in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient",
+                                          "SliceThickness"):
+            setattr(view, name, value)
+    return view

@@ -7,12 +7,12 @@ from highdicom import PresentationLUTTransformation
 from highdicom.color import CIELabColor
 from highdicom.pr import (
     AnnotationUnitsValues, GraphicAnnotation, GraphicLayer, GraphicObject, GraphicTypeValues,
-    GrayscaleSoftcopyPresentationState, TextObject,
+    GrayscaleSoftcopyPresentationState, SoftcopyVOILUTTransformation, TextObject,
 )
 from pydicom.dataset import Dataset
 
 from ai.infer import LevelResult, numbering_uncertain
-from ai.labels import LABEL_TEXT, is_abnormal
+from ai.labels import describe, is_abnormal
 from ai.imaging import spine_geometry
 from dicomnode.report.common import (
     MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, caret_name, character_set,
@@ -42,7 +42,8 @@ def outline(levels: list[LevelResult]) -> dict[str, np.ndarray]:
 
 
 def label_text(lv: LevelResult) -> str:
-    return f"{lv.level} " + ", ".join(LABEL_TEXT.get((lv.kind, lab), lab) for lab in lv.labels)
+    """'L4-L5: protrusion, Pfirrmann IV': what a reader sees beside the outline."""
+    return describe(lv.level, lv.labels, lv.pfirrmann)
 
 
 def polarity(source: Dataset) -> PresentationLUTTransformation:
@@ -52,8 +53,27 @@ def polarity(source: Dataset) -> PresentationLUTTransformation:
     return PresentationLUTTransformation(presentation_lut_shape="INVERSE" if inverse else "IDENTITY")
 
 
+def window_of(pixels: np.ndarray) -> tuple[float, float]:
+    """(centre, width) spanning the slice's 0.5-99.5 percentiles: what a reader needs when the image names none."""
+    lo, hi = (float(v) for v in np.percentile(pixels, (0.5, 99.5)))
+    return (lo + hi) / 2, max(hi - lo, 1.0)
+
+
+def _names_a_window(source: Dataset) -> bool:
+    """Whether highdicom can copy the image's own window: a multi-frame image must give one in its functional
+    groups (a legacy conversion of images without one leaves an empty Frame VOI LUT item there)."""
+    if "SharedFunctionalGroupsSequence" not in source:
+        return True  # single-frame: copied when present, left out when absent
+    groups = [source.SharedFunctionalGroupsSequence[0], *source.get("PerFrameFunctionalGroupsSequence", [])]
+    vois = [g.FrameVOILUTSequence[0] for g in groups if g.get("FrameVOILUTSequence")]
+    return bool(vois) and all("WindowCenter" in v and "WindowWidth" in v for v in vois)
+
+
 def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds,
-               show_normal: bool = True) -> Dataset:
+               show_normal: bool = True, frame: int | None = None,
+               window: tuple[float, float] | None = None) -> Dataset:
+    """frame: the analysed frame of a multi-frame source (1-based); every annotation is drawn on it only.
+    window: (centre, width) to show the slice with when the image names none of its own."""
     rows, cols = int(source.Rows), int(source.Columns)
     clip = lambda p: np.clip(p, [0, 0], [cols - 1, rows - 1])  # noqa: E731
     shapes = outline(levels)
@@ -78,16 +98,16 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
     if uncertain:  # top left, where a reader looks first
         warning_layer = GraphicLayer("WARNING", 3, "Level numbering uncertain (AI)", ABNORMAL_COLOUR)
         layers.append(warning_layer)
-        annotations.append(GraphicAnnotation([source], warning_layer, text_objects=[TextObject(
+        annotations.append(GraphicAnnotation([source], warning_layer, frame, text_objects=[TextObject(
             WARNING_TEXT, AnnotationUnitsValues.PIXEL, anchor_point=(float(cols * 0.03), float(rows * 0.04)),
             anchor_point_visible=False)]))
     if abnormal_objs:
         layers.append(abnormal_layer)
-        annotations.append(GraphicAnnotation([source], abnormal_layer, graphic_objects=abnormal_objs,
+        annotations.append(GraphicAnnotation([source], abnormal_layer, frame, graphic_objects=abnormal_objs,
                                              text_objects=abnormal_text))
     if normal_objs:
         layers.append(normal_layer)
-        annotations.append(GraphicAnnotation([source], normal_layer, graphic_objects=normal_objs))
+        annotations.append(GraphicAnnotation([source], normal_layer, frame, graphic_objects=normal_objs))
     number, description = SERIES["gsps"]
     caveat = "numbering uncertain; unverified" if uncertain else "not physician-verified"
     pr = GrayscaleSoftcopyPresentationState(
@@ -97,6 +117,8 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
         content_label="AI_SPINE", content_description=f"AI: {len(abnormal_objs)} abnormal disc(s); {caveat}",
         graphic_annotations=annotations or None, graphic_layers=layers or None,
         content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version),
+        voi_lut_transformations=None if _names_a_window(source) else [SoftcopyVOILUTTransformation(
+            window_center=(window or (2048.0, 4096.0))[0], window_width=(window or (2048.0, 4096.0))[1])],
         specific_character_set=character_set(source), presentation_lut_transformation=polarity(source))
     pr.SeriesDescription = description
     carry_patient_context(pr, source)

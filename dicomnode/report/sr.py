@@ -18,11 +18,13 @@ from ai.labels import describe
 from dicomnode.report import codes as C
 from dicomnode.report.common import (
     ALGORITHM_NAME, MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, character_set,
-    contributing_equipment,
+    contributing_equipment, frame_view,
 )
 
 
-def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds) -> Dataset:
+def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds,
+             frame: int | None = None) -> Dataset:
+    """frame: the analysed frame of a multi-frame source (1-based); every region references it."""
     algorithm = AlgorithmIdentification(name=ALGORITHM_NAME, version=model_version, manufacturer=MANUFACTURER)
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
@@ -33,21 +35,27 @@ def build_sr(source: Dataset, levels: list[LevelResult], model_version: str, ids
     caveat = " [level numbering uncertain]" if numbering_uncertain(levels) else ""
     for lv in levels:
         region = ImageRegion(graphic_type=GraphicTypeValues.POINT, graphic_data=np.array([[lv.x, lv.y]]),
-                             source_image=SourceImageForRegion.from_source_image(source))
+                             source_image=SourceImageForRegion.from_source_image(
+                                 source, referenced_frame_numbers=[frame] if frame else None))
         evaluations = [QualitativeEvaluation(C.FINDING[(lv.kind, label)], C.PRESENT) for label in lv.labels]
         measurements = [
             Measurement(C.CONFIDENCE, round(float(lv.confidence), 4), C.UNITLESS, algorithm_id=algorithm),
             Measurement(C.LOCALISATION, round(float(lv.localisation), 4), C.UNITLESS, algorithm_id=algorithm),
         ]
+        if lv.pfirrmann in C.PFIRRMANN:
+            evaluations.append(QualitativeEvaluation(C.PFIRRMANN_GRADE, C.PFIRRMANN[lv.pfirrmann]))
+            measurements.append(Measurement(C.PFIRRMANN_CONFIDENCE, round(float(lv.pfirrmann_confidence or 0.0), 4),
+                                            C.UNITLESS, algorithm_id=algorithm))
+        text = describe(lv.level, lv.labels, lv.pfirrmann) + caveat
         groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=describe(lv.level, lv.labels) + caveat),
+            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=text),
             referenced_region=region, algorithm_id=algorithm,
             finding_sites=[FindingSite(C.LEVEL_SITE[lv.level])],
             measurements=measurements, qualitative_evaluations=evaluations))
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=C.PROCEDURE, imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=[source])
+        referenced_images=[frame_view(source, frame)])
     number, description = SERIES["sr"]
     sr = ComprehensiveSR(
         evidence=[source], content=report, series_instance_uid=ids.series("sr"), series_number=number,

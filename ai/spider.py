@@ -1,0 +1,186 @@
+"""The SPIDER layout (a folder with `labels.csv` and `images/`): a radiologist's per-disc grades without
+coordinates, and the figures `dicomnode evaluate` reports on it.
+
+The node's disc labels are the Tianchi scheme; on SPIDER they are read as calls: herniation = protrusion or
+extrusion (v3, v4), bulging = bulge (v2), abnormal = either. A disc whose level the node does not name counts as
+called normal (and under `unnamed`), so a study the node cannot read is never quietly left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ai.data import pixel_spacing
+from ai.imaging import grey_frame, read_file
+
+HERNIATION = ("v3", "v4")
+BULGE = ("v2",)
+PFIRRMANN_GRADES = (1, 2, 3, 4, 5)
+# SPIDER's grades of one disc that the grader learns (the rest of labels.csv is read but not learnt).
+GRADE_FIELDS = ("disc_herniation", "disc_bulging", "pfirrmann", "modic", "up_endplate", "low_endplate",
+                "narrowing", "spondylolisthesis")
+METRIC_KEYS = [
+    "spider_abnormal_sensitivity", "spider_abnormal_specificity", "spider_abnormal_balanced_accuracy",
+    "spider_herniation_sensitivity", "spider_herniation_specificity", "spider_herniation_balanced_accuracy",
+    "spider_bulging_sensitivity", "spider_bulging_specificity",
+    "spider_pfirrmann_accuracy", "spider_pfirrmann_within_one", "spider_pfirrmann_kappa",
+]
+
+
+@dataclass
+class SpiderDisc:
+    level: str  # T12-L1 .. L5-S1
+    grades: dict[str, int]  # GRADE_FIELDS
+
+    @property
+    def herniation(self) -> bool:
+        return bool(self.grades["disc_herniation"])
+
+    @property
+    def bulging(self) -> bool:
+        return bool(self.grades["disc_bulging"])
+
+    @property
+    def abnormal(self) -> bool:
+        return self.herniation or self.bulging
+
+
+@dataclass
+class SpiderStudy:
+    patient: str
+    study_uid: str
+    instance_uid: str
+    path: Path | None
+    manufacturer: str = ""
+    spacing_flags: list[str] = field(default_factory=list)
+    discs: dict[str, SpiderDisc] = field(default_factory=dict)
+
+    def load(self) -> tuple[np.ndarray, tuple[float, float]]:
+        """Pixels as float32 and (row, column) spacing in mm (often doubtful on SPIDER: see its README)."""
+        if self.path is None:
+            raise FileNotFoundError(f"no image for instance {self.instance_uid}")
+        ds = read_file(self.path)
+        return grey_frame(ds), pixel_spacing(ds)
+
+
+def is_spider(data: Path) -> bool:
+    return Path(data).is_dir() and (Path(data) / "labels.csv").is_file()
+
+
+def load_spider(data: Path) -> list[SpiderStudy]:
+    """Studies of a SPIDER folder, in the order of labels.csv; the image of a row is `images/<patient>/<series>.dcm`,
+    else found by its SOP Instance UID anywhere under the folder, else None (scored as unanswered)."""
+    data = Path(data)
+    studies: dict[str, SpiderStudy] = {}
+    index: dict[str, Path] | None = None
+    with open(data / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            uid = row["sop_instance_uid"]
+            st = studies.get(uid)
+            if st is None:
+                path: Path | None = data / "images" / row["patient"] / f"{row['series']}.dcm"
+                if not path.is_file():
+                    if index is None:
+                        from ai.data import index_instances
+
+                        index = index_instances(data)
+                    path = index.get(uid)
+                st = studies[uid] = SpiderStudy(row["patient"], row["study_uid"], uid, path,
+                                                spacing_flags=[s for s in row.get("spacing_flags", "").split(";") if s])
+            st.discs[row["level"]] = SpiderDisc(row["level"], {k: int(row[k]) for k in GRADE_FIELDS if row.get(k, "")})
+    out = list(studies.values())
+    read_manufacturers(out)
+    return out
+
+
+def _rate(hit: int, total: int) -> float:
+    return round(hit / total, 4) if total else 0.0
+
+
+def quadratic_kappa(truth: Iterable[int], pred: Iterable[int], grades: tuple[int, ...] = PFIRRMANN_GRADES) -> float:
+    """Cohen's kappa with quadratic weights: how the Pfirrmann literature reports agreement between readers."""
+    t, p = np.asarray(list(truth)), np.asarray(list(pred))
+    if len(t) == 0:
+        return 0.0
+    k = len(grades)
+    ti, pi = t - grades[0], p - grades[0]
+    observed = np.zeros((k, k))
+    np.add.at(observed, (ti, pi), 1)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / len(t)
+    w = (np.subtract.outer(np.arange(k), np.arange(k)) ** 2) / (k - 1) ** 2
+    denom = (w * expected).sum()
+    return round(float(1 - (w * observed).sum() / denom), 4) if denom else 0.0
+
+
+def spider_metrics(studies: list[SpiderStudy], predictions: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """predictions: SOP Instance UID -> the node's levels (each with `level`, `labels`, and `pfirrmann` for a disc);
+    a study missing from it was not answered. Pfirrmann figures count a disc without a predicted grade as wrong
+    (accuracy, within one) and leave it out of kappa."""
+    tp = {k: 0 for k in ("abnormal", "herniation", "bulging")}
+    pos = dict(tp)
+    tn, neg = dict(tp), dict(tp)
+    unnamed = discs = exact = within = 0
+    kt, kp = [], []
+    for st in studies:
+        named = {p["level"]: p for p in predictions.get(st.instance_uid, []) if p.get("kind", "disc") == "disc"}
+        for level, d in st.discs.items():
+            discs += 1
+            p = named.get(level)
+            labels = set(p["labels"]) if p else set()
+            unnamed += p is None
+            said = {"herniation": bool(labels & set(HERNIATION)), "bulging": bool(labels & set(BULGE))}
+            said["abnormal"] = said["herniation"] or said["bulging"]
+            truth = {"herniation": d.herniation, "bulging": d.bulging, "abnormal": d.abnormal}
+            for k in tp:
+                if truth[k]:
+                    pos[k] += 1
+                    tp[k] += said[k]
+                else:
+                    neg[k] += 1
+                    tn[k] += not said[k]
+            grade = p.get("pfirrmann") if p else None
+            if "pfirrmann" in d.grades and grade is not None:
+                exact += int(grade) == d.grades["pfirrmann"]
+                within += abs(int(grade) - d.grades["pfirrmann"]) <= 1
+                kt.append(d.grades["pfirrmann"])
+                kp.append(int(grade))
+    graded = sum("pfirrmann" in d.grades for st in studies for d in st.discs.values())
+    out: dict[str, Any] = {"studies": len(studies), "discs": discs, "unnamed": unnamed}
+    for k in tp:
+        sens, spec = _rate(tp[k], pos[k]), _rate(tn[k], neg[k])
+        out[f"spider_{k}_sensitivity"], out[f"spider_{k}_specificity"] = sens, spec
+        out[f"spider_{k}_balanced_accuracy"] = round((sens + spec) / 2, 4)
+        out[f"spider_{k}_positives"] = pos[k]
+    out["spider_pfirrmann_accuracy"] = _rate(exact, graded)
+    out["spider_pfirrmann_within_one"] = _rate(within, graded)
+    out["spider_pfirrmann_kappa"] = quadratic_kappa(kt, kp)
+    return out
+
+
+def by_manufacturer(studies: list[SpiderStudy], predictions: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The same figures per scanner manufacturer (Philips' two spellings as one): where a model carries over."""
+    groups: dict[str, list[SpiderStudy]] = {}
+    for st in studies:
+        name = "Philips" if st.manufacturer.lower().startswith("philips") else (st.manufacturer or "unknown")
+        groups.setdefault(name, []).append(st)
+    return {name: spider_metrics(group, predictions) for name, group in sorted(groups.items())}
+
+
+def read_manufacturers(studies: list[SpiderStudy]) -> None:
+    """Each slice's Manufacturer from its header (the figures per scanner make)."""
+    for st in studies:
+        if st.path is not None:
+            try:
+                st.manufacturer = str(read_file(st.path, stop_before_pixels=True).get("Manufacturer", ""))
+            except Exception:  # noqa: BLE001 - an unreadable file is scored as unanswered elsewhere
+                st.manufacturer = ""
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)
