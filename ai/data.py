@@ -35,10 +35,15 @@ class Study:
 
     def load(self) -> tuple[np.ndarray, tuple[float, float]]:
         """Pixels as float32 and (row, column) spacing in mm."""
-        if self.path is None:
-            raise FileNotFoundError(f"no image for instance {self.instance_uid}")
-        ds = read_file(self.path)
-        return grey_frame(ds), pixel_spacing(ds)
+        return load_slice(self.path, self.instance_uid)
+
+
+def load_slice(path: Path | None, instance_uid: str) -> tuple[np.ndarray, tuple[float, float]]:
+    """An annotated slice's pixels (float32) and (row, column) spacing in mm; the one reader of both data sets."""
+    if path is None:
+        raise FileNotFoundError(f"no image for instance {instance_uid}")
+    ds = read_file(path)
+    return grey_frame(ds), pixel_spacing(ds)
 
 
 def pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:

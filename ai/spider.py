@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ai.data import pixel_spacing
-from ai.imaging import grey_frame, read_file
+from ai.data import load_slice
+from ai.imaging import read_file
 
 HERNIATION = ("v3", "v4")
 BULGE = ("v2",)
@@ -63,10 +63,7 @@ class SpiderStudy:
 
     def load(self) -> tuple[np.ndarray, tuple[float, float]]:
         """Pixels as float32 and (row, column) spacing in mm (often doubtful on SPIDER: see its README)."""
-        if self.path is None:
-            raise FileNotFoundError(f"no image for instance {self.instance_uid}")
-        ds = read_file(self.path)
-        return grey_frame(ds), pixel_spacing(ds)
+        return load_slice(self.path, self.instance_uid)
 
 
 def is_spider(data: Path) -> bool:
