@@ -40,10 +40,16 @@ class Study:
 
 def load_slice(path: Path | None, instance_uid: str) -> tuple[np.ndarray, tuple[float, float]]:
     """An annotated slice's pixels (float32) and (row, column) spacing in mm; the one reader of both data sets."""
+    _, pixels, spacing = read_slice(path, instance_uid)
+    return pixels, spacing
+
+
+def read_slice(path: Path | None, instance_uid: str) -> tuple[pydicom.Dataset, np.ndarray, tuple[float, float]]:
+    """load_slice with the data set itself (its orientation, for evaluation), from one read of the file."""
     if path is None:
         raise FileNotFoundError(f"no image for instance {instance_uid}")
     ds = read_file(path)
-    return grey_frame(ds), pixel_spacing(ds)
+    return ds, grey_frame(ds), pixel_spacing(ds)
 
 
 def pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:

@@ -6,7 +6,7 @@ nearest patient axes; a plane the node cannot name as sagittal is an error with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,14 @@ class Canonical:
         if self.transpose:
             out = out[:, ::-1].copy()
         return out
+
+    def levels_to_stored(self, levels: list[Any], stored_shape: tuple[int, int]) -> list[Any]:
+        """Levels (anything with x and y, e.g. `ai.infer.LevelResult`) found on the turned slice, on the stored pixel
+        grid, where the annotations are and viewers draw the SR and GSPS."""
+        if self.identity:
+            return levels
+        xy = self.to_stored(np.array([[lv.x, lv.y] for lv in levels]), stored_shape)
+        return [replace(lv, x=float(x), y=float(y)) for lv, (x, y) in zip(levels, xy, strict=True)]
 
     def to_canonical(self, xy: np.ndarray, stored_shape: tuple[int, int]) -> np.ndarray:
         """The inverse of to_stored (annotations on the stored grid, for training and scoring)."""

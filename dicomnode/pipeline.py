@@ -7,7 +7,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.ca
     scores = {h.key: round(found.score, 4) for (h, _, _, _), found in zip(read, located)}
     best = max(range(len(read)), key=lambda i: located[i].score)  # the first of equals: the middle slice
     (h, ds, pixels, turn), found = read[best], located[best]
-    levels = to_stored_grid(analyzer.grade_slice(found), turn, pixels.shape)
+    levels = turn.levels_to_stored(analyzer.grade_slice(found), pixels.shape)
     return Analysis(ds, pixels, levels, selection, analyzer.version, scores, turn.describe(), h.frame)
 
 
@@ -131,14 +131,6 @@ def orientation_of(h: Header) -> Canonical:
         return canonical(h.get("ImageOrientationPatient"))
     except OrientationError as exc:
         raise AnalysisError("orientation", f"slice orientation cannot be read: {exc}"[:300])
-
-
-def to_stored_grid(levels: list[LevelResult], turn: Canonical, shape: tuple[int, int]) -> list[LevelResult]:
-    """The nets' points (on the turned slice) on the stored pixel grid, where viewers draw the SR and GSPS."""
-    if turn.identity:
-        return levels
-    xy = turn.to_stored(np.array([[lv.x, lv.y] for lv in levels]), shape)
-    return [replace(lv, x=float(x), y=float(y)) for lv, (x, y) in zip(levels, xy)]
 
 
 def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: OutputConfig,
