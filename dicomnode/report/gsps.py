@@ -109,6 +109,7 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
         layers.append(normal_layer)
         annotations.append(GraphicAnnotation([source], normal_layer, frame, graphic_objects=normal_objs))
     number, description = SERIES["gsps"]
+    centre, width = window or (2048.0, 4096.0)  # 12-bit full range when neither the image nor the caller names one
     caveat = "numbering uncertain; unverified" if uncertain else "not physician-verified"
     pr = GrayscaleSoftcopyPresentationState(
         referenced_images=[source], series_instance_uid=ids.series("gsps"), series_number=number,
@@ -118,7 +119,7 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
         graphic_annotations=annotations or None, graphic_layers=layers or None,
         content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version),
         voi_lut_transformations=None if _names_a_window(source) else [SoftcopyVOILUTTransformation(
-            window_center=(window or (2048.0, 4096.0))[0], window_width=(window or (2048.0, 4096.0))[1])],
+            window_center=centre, window_width=width)],
         specific_character_set=character_set(source), presentation_lut_transformation=polarity(source))
     pr.SeriesDescription = description
     carry_patient_context(pr, source)
