@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
 
-from ai.imaging import grey_frame, read_file
+from ai.imaging import INPUT_SIZE, Letterbox, grey_frame, letterbox_tensor, normalise, read_file
 from ai.labels import LEVEL_INDEX, LEVELS, level_kind
 
 
@@ -144,3 +145,27 @@ def target_array(study: Study) -> tuple[np.ndarray, np.ndarray]:
         xy[i] = (p.x, p.y)
         mask[i] = True
     return xy, mask
+
+
+@dataclass
+class Item:
+    """A study as the trainers see it: the slice normalised and letterboxed, its points as arrays."""
+
+    study: Study
+    img01: np.ndarray  # normalised full-resolution slice
+    spacing: tuple[float, float]
+    net_in: torch.Tensor  # (1, S, S) letterboxed
+    box: Letterbox
+    xy: np.ndarray  # (11, 2) slice pixels
+    mask: np.ndarray  # (11,) present
+
+
+def prepare(studies: list[Study], input_size: int = INPUT_SIZE) -> list[Item]:
+    items = []
+    for s in studies:
+        pixels, spacing = s.load()
+        img = normalise(pixels)
+        box = Letterbox.fit(*img.shape, input_size)
+        xy, mask = target_array(s)
+        items.append(Item(s, img, spacing, letterbox_tensor(img, box, input_size), box, xy, mask))
+    return items

@@ -31,7 +31,8 @@ from ai.chain import carry, repair_skip
 from ai.data import load_dataset
 from ai import joint
 from ai.infer import Analyzer, combine_grades, store_int8
-from ai.quantize import RANGES_KEY, calibrate_folder
+from ai.int8 import RANGES_KEY
+from ai.quantize import calibrate_folder
 from ai.spider import load_spider
 from ai.train import folds_of, prepare, summarise
 

@@ -1,12 +1,11 @@
-"""The one inference entry point: a 2-D slice and its PixelSpacing in, 11 graded levels out.
+"""The one inference entry point: a 2-D slice in, 11 located and graded levels out.
 
-Models load once per worker (`Analyzer.load`), never per job."""
+Models load once per worker (`Analyzer.load`), never per job. Runtime only: nothing here imports training code."""
 
 from __future__ import annotations
 
 import gc
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from ai import quantize
+from ai.int8 import RANGES_KEY, available, example_inputs, is_int8, quantized
 from ai.chain import carry, repair_skip
 from ai.decide import Decision
 from ai.imaging import INPUT_SIZE, Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
@@ -25,64 +24,13 @@ from ai.models import (
     BULGING, CROP_SIZE, CROP_SPACINGS, DISC, FINDINGS, HERNIATION, N_GRADES, N_GRADES_BOTH, PFIRRMANN, SPIDER_FINDINGS,
     V5, VERT, Grader, LandmarkNet, decode_heatmaps,
 )
+from ai.results import Located, LevelResult
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 log = structlog.get_logger("ai.infer")
 
 
-@dataclass
-class LevelResult:
-    level: str
-    kind: str
-    x: float  # column, pixels of the analysed slice
-    y: float  # row
-    labels: list[str]
-    confidence: float  # of the grading
-    localisation: float  # heatmap mass near the peak, 0..1 (an ensemble's: times `agreement`; 0: put in a gap)
-    agreement: float = 1.0  # share of an ensemble's landmark nets within AGREE_SPACINGS of the median point
-    pfirrmann: int | None = None  # disc degeneration grade 1..5 (a grader with SPIDER heads; None for a vertebra)
-    pfirrmann_confidence: float | None = None
-    findings: dict[str, float] | None = None  # a disc's other SPIDER findings: probability of each (model card)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["x"], d["y"] = round(self.x, 2), round(self.y, 2)
-        d["confidence"], d["localisation"] = round(self.confidence, 4), round(self.localisation, 4)
-        d["agreement"] = round(self.agreement, 4)
-        if self.pfirrmann_confidence is not None:
-            d["pfirrmann_confidence"] = round(self.pfirrmann_confidence, 4)
-        if self.findings is not None:
-            d["findings"] = {k: round(v, 4) for k, v in self.findings.items()}
-        return d
-
-
-@dataclass
-class Located:
-    """A slice's points before grading: what slice selection compares."""
-
-    img01: np.ndarray
-    xy: np.ndarray  # (11, 2)
-    loc: np.ndarray  # (11,) heatmap confidence
-    agreement: np.ndarray  # (11,)
-
-    @property
-    def localisation(self) -> np.ndarray:
-        return self.loc * self.agreement
-
-    @property
-    def score(self) -> float:
-        """Mean localisation: how confidently this slice shows the whole lumbar spine."""
-        return float(np.mean(self.localisation))
-
-
 AGREE_SPACINGS = 0.5  # a net whose point is further than this (in local level spacings) from the median disagrees
-
-
-def numbering_uncertain(levels: list[LevelResult]) -> bool:
-    """True when the landmark nets disagree at most levels: one of them put the whole chain a vertebra off, so
-    the level names (L1..L5) may be shifted even where the points look right. Measured on the CV folds: members
-    agree on 133 of 150 studies; the 17 they do not hold 38 of the 106 points outside 6 mm."""
-    return bool(levels) and float(np.median([lv.agreement for lv in levels])) < 1.0
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -91,40 +39,33 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-class Analyzer:
-    """Landmark net + grader + decision rule, loaded once."""
+def _meta_of(folder: Path) -> dict[str, Any]:
+    meta_path = folder / "model.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no model at {folder} (model.json missing)")
+    return dict(json.loads(meta_path.read_text()))
 
-    def __init__(self, landmarks: Any, grader: Grader | None, decision: Decision, meta: dict,
-                 device: torch.device) -> None:
+
+class Member:
+    """One trained model folder: a landmark net, a grader, or both (what `dicomnode train` writes)."""
+
+    def __init__(self, landmarks: Any, grader: nn.Module | None, meta: dict[str, Any], device: torch.device) -> None:
         # None: a grading-only member of an ensemble (its points come from the locating members)
         self.landmarks = landmarks.to(device).eval() if landmarks is not None else None
         self.grader = grader.to(device).eval() if grader is not None else None  # None: a locating-only member
-        self.decision = decision
         self.meta = meta
         self.device = device
 
     @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "unversioned"))
-
-    @property
     def int8_graders(self) -> bool:
-        """Whether grading runs in int8: evaluate reports it, so a figure says what produced it."""
-        return self.grader is not None and quantize.is_int8(self.grader)
+        return self.grader is not None and is_int8(self.grader)
 
     @classmethod
-    def load(cls, model: str | Path = "default", device: str = "auto", fused: bool = True,
-             int8: bool = True) -> "Analyzer":
+    def load(cls, folder: Path, device: str = "auto", fused: bool = True, int8_grader: bool = True) -> Member:
         """fused: the networks as `for_inference` makes them (faster, same outputs; their state dicts no longer
-        match the files, so a model to be saved again loads with fused=False). int8: on a CPU, with fused, a
+        match the files, so a model to be saved again loads with fused=False). int8_grader: on a CPU, with fused, a
         grader whose activation ranges were measured (`ai.quantize`) runs in int8."""
-        folder = Path(model) if Path(model).is_dir() else WEIGHTS_ROOT / str(model)
-        meta_path = folder / "model.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"no model at {folder} (model.json missing)")
-        meta = json.loads(meta_path.read_text())
-        if "ensemble" in meta:
-            return Ensemble.load(folder, meta, device, fused, int8)
+        meta = _meta_of(folder)
         lm: Any
         dev = pick_device(device)
         prepare = for_inference if fused else (lambda net: net)
@@ -138,15 +79,15 @@ class Analyzer:
             lm = prepare(lm)
         else:
             lm = None  # a grading-only ensemble member
-        gr = None
+        gr: nn.Module | None = None
         if (folder / "grader.safetensors").is_file():
-            gr = Grader(meta.get("grader_arch", "resnet18"), int(meta.get("grader_outputs", N_GRADES)))
-            gr.load_state_dict(_weights(folder / "grader.safetensors"))
-            in8 = fused and int8 and dev.type == "cpu"
-            gr = _int8_grader(gr, meta, folder) if in8 else prepare(gr)
-        return cls(lm, gr, Decision.from_dict(meta["decision"]), meta, dev)
+            net = Grader(meta.get("grader_arch", "resnet18"), int(meta.get("grader_outputs", N_GRADES)))
+            net.load_state_dict(_weights(folder / "grader.safetensors"))
+            gr = _int8_grader(net, meta, folder) if fused and int8_grader and dev.type == "cpu" else prepare(net)
+        return cls(lm, gr, meta, dev)
 
-    def save(self, folder: Path, extra_meta: dict | None = None) -> None:
+    def save(self, folder: Path, extra_meta: dict[str, Any] | None = None) -> None:
+        """fp16 weights and model.json (with the decision rule of meta["decision"], else the untuned one)."""
         if any(isinstance(net, torch.fx.GraphModule) for net in (self.landmarks, self.grader)):
             raise ValueError("a model loaded for inference (fused) cannot be saved: load it with fused=False")
         if self.landmarks is None:
@@ -157,7 +98,7 @@ class Analyzer:
         save_file(half(self.landmarks.state_dict()), folder / name)
         if self.grader is not None:
             save_file(half(self.grader.state_dict()), folder / "grader.safetensors")
-        meta = dict(self.meta, decision=self.decision.to_dict(), **(extra_meta or {}))
+        meta = {"decision": Decision().to_dict(), **self.meta, **(extra_meta or {})}
         (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     def locate(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,12 +108,14 @@ class Analyzer:
     @torch.inference_mode()
     def locate_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """locate() for several slices in one batch: a series' candidate slices cost about a quarter less so."""
+        if self.landmarks is None:
+            raise ValueError("this model folder has no landmark net")
         if hasattr(self.landmarks, "locate") or not imgs:  # the seed's YOLO detector takes one at a time
             return [self.landmarks.locate(img) for img in imgs]
         size = int(self.meta.get("input_size", INPUT_SIZE))
-        boxes = [Letterbox.fit(*img.shape, size=size) for img in imgs]
-        x = torch.stack([letterbox_tensor(img, box, size) for img, box in zip(imgs, boxes)]).to(self.device)
-        xy, conf = decode_heatmaps(self.landmarks(x).float().cpu())
+        boxes = [Letterbox.fit(*img.shape, size) for img in imgs]
+        x = torch.stack([letterbox_tensor(img, box, size) for img, box in zip(imgs, boxes, strict=True)])
+        xy, conf = decode_heatmaps(self.landmarks(x.to(self.device)).float().cpu())
         out = []
         for i, box in enumerate(boxes):
             fixed, source = repair_skip(box.to_image(xy[i].numpy()))
@@ -181,21 +124,84 @@ class Analyzer:
 
     @torch.inference_mode()
     def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
-        """(11, 7) probabilities: vertebra softmax | disc softmax | v5 sigmoid."""
+        """(11, K) probabilities: vertebra softmax | disc softmax | v5 sigmoid (| SPIDER's heads, `grade_probs`)."""
+        if self.grader is None:
+            raise ValueError("this model folder has no grader")
         size = int(self.meta.get("crop_size", CROP_SIZE))
         crops = level_crops(torch.from_numpy(img01)[None], xy, size=size).to(self.device)
         logits = self.grader(crops, torch.arange(len(LEVELS), device=self.device)).float().cpu()
         return grade_probs(logits).numpy()
 
-    def analyze(self, pixels: np.ndarray, spacing: tuple[float, float]) -> list[LevelResult]:
-        """spacing is (row, column) mm; kept in the signature because callers and future models use it."""
+
+class Analyzer:
+    """A model as the node runs it: locating members, grading members and a decision rule, loaded once. One model
+    folder is its own only member; an ensemble folder names its members. Points: the per-level median of the
+    locators' points, so a member that numbered the spine one vertebra off is outvoted. Grades: the graders'
+    probabilities at those points, combined by `combine_grades`."""
+
+    def __init__(self, locators: list[Member], graders: list[Member], decision: Decision, meta: dict[str, Any],
+                 tianchi: list[bool] | None = None) -> None:
+        if not locators:
+            raise ValueError("a model needs at least one locating member")
+        self.locators, self.graders, self.tianchi = locators, graders, tianchi
+        self.decision, self.meta, self.device = decision, meta, locators[0].device
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unversioned"))
+
+    @property
+    def int8_graders(self) -> bool:
+        """Whether grading runs in int8: evaluate reports it, so a figure says what produced it."""
+        return bool(self.graders) and all(m.int8_graders for m in self.graders)
+
+    @classmethod
+    def load(cls, model: str | Path = "default", device: str = "auto", fused: bool = True,
+             int8: bool = True) -> Analyzer:
+        """model: a folder, or the name of one under ai/weights. model.json's "ensemble" (optional) names the
+        member folders that locate and grade; "tianchi_heads" the graders whose Tianchi heads are read."""
+        folder = Path(model) if Path(model).is_dir() else WEIGHTS_ROOT / str(model)
+        meta = _meta_of(folder)
+        decision = Decision.from_dict(meta["decision"])
+        spec = meta.get("ensemble")
+        if spec is None:
+            one = Member.load(folder, device, fused, int8)
+            return cls([one], [one] if one.grader is not None else [], decision, meta)
+        members = {name: Member.load(folder / name, device, fused, int8) for name in spec["members"]}
+        tianchi = [n in spec["tianchi_heads"] for n in spec["grade"]] if "tianchi_heads" in spec else None
+        return cls([members[n] for n in spec["locate"]], [members[n] for n in spec["grade"]], decision, meta, tianchi)
+
+    def locate(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xy, loc, _ = self.points_many([img01])[0]
+        return xy, loc
+
+    def points_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per slice: (11, 2) median points, (11,) mean localisation, (11,) share of locators that agree."""
+        per_member = [m.locate_many(imgs) for m in self.locators]
+        out = []
+        for i in range(len(imgs)):
+            found = [member[i] for member in per_member]
+            each = np.stack([xy for xy, _ in found])  # (members, 11, 2)
+            median = np.median(each, 0)
+            _, spacing = spine_geometry(median.astype(np.float32))
+            near = np.linalg.norm(each - median[None], axis=2) <= AGREE_SPACINGS * np.maximum(spacing, 1.0)[None]
+            out.append((median, np.mean(np.stack([c for _, c in found]), 0), near.mean(0)))
+        return out
+
+    def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        if not self.graders:
+            raise ValueError("this model has no grader")
+        return combine_grades([m.grade(img01, xy) for m in self.graders], self.tianchi)
+
+    def analyze(self, pixels: np.ndarray, spacing: tuple[float, float] | None = None) -> list[LevelResult]:
+        """spacing (row, column mm): accepted for callers that have it; no model here uses it."""
         del spacing
         return self.grade_slice(self.locate_slices([pixels])[0])
 
     def locate_slices(self, pixels: list[np.ndarray]) -> list[Located]:
         """The first half of analyze: enough to compare candidate slices before paying for the grading."""
         imgs = [normalise(p) for p in pixels]
-        return [Located(img, *found) for img, found in zip(imgs, self.points_many(imgs))]
+        return [Located(img, *found) for img, found in zip(imgs, self.points_many(imgs), strict=True)]
 
     def grade_slice(self, found: Located) -> list[LevelResult]:
         probs = self.grade(found.img01, found.xy)
@@ -210,10 +216,6 @@ class Analyzer:
                                    findings))
         return out
 
-    def points_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """locate_many() plus per-level agreement (always 1 for one model)."""
-        return [(xy, loc, np.ones(len(xy))) for xy, loc in self.locate_many(imgs)]
-
 
 def combine_grades(each: list[np.ndarray], tianchi: list[bool] | None = None) -> np.ndarray:
     """The graders' (11, K) probabilities as one: the Tianchi heads averaged over the graders marked in `tianchi`
@@ -225,61 +227,13 @@ def combine_grades(each: list[np.ndarray], tianchi: list[bool] | None = None) ->
     return np.concatenate([first, np.mean(rest, 0)], 1) if rest else first
 
 
-class Ensemble(Analyzer):
-    """Models trained apart on the same data. Points: the per-level median of the members' points, so a member
-    that numbered the spine one vertebra off is outvoted. Grades: the mean of the graders' probabilities at those
-    points (`combine_grades`). model.json names the member folders under "ensemble"; each is a complete model
-    folder; "tianchi_heads" (optional) names the graders whose Tianchi heads are read."""
-
-    def __init__(self, locators: list[Analyzer], graders: list[Analyzer], decision: Decision, meta: dict,
-                 tianchi: list[bool] | None = None) -> None:
-        if not locators or not graders:
-            raise ValueError("an ensemble needs at least one locating and one grading member")
-        self.locators, self.graders, self.tianchi = locators, graders, tianchi
-        self.decision, self.meta, self.device = decision, meta, locators[0].device
-
-    @classmethod
-    def load(cls, folder: Path, meta: dict, device: str = "auto", fused: bool = True,  # type: ignore[override]
-             int8: bool = True) -> "Ensemble":
-        spec = meta["ensemble"]
-        members = {name: Analyzer.load(folder / name, device, fused, int8) for name in spec["members"]}
-        tianchi = [n in spec["tianchi_heads"] for n in spec["grade"]] if "tianchi_heads" in spec else None
-        return cls([members[n] for n in spec["locate"]], [members[n] for n in spec["grade"]],
-                   Decision.from_dict(meta["decision"]), meta, tianchi)
-
-    @property
-    def int8_graders(self) -> bool:
-        return all(m.int8_graders for m in self.graders)
-
-    def save(self, folder: Path, extra_meta: dict | None = None) -> None:
-        raise NotImplementedError("ensembles are assembled from trained member folders (ai.ensemble)")
-
-    def locate_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(xy, loc) for xy, loc, _ in self.points_many(imgs)]
-
-    def points_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        per_member = [m.locate_many(imgs) for m in self.locators]
-        out = []
-        for i in range(len(imgs)):
-            found = [member[i] for member in per_member]
-            each = np.stack([xy for xy, _ in found])  # (members, 11, 2)
-            median = np.median(each, 0)
-            _, spacing = spine_geometry(median.astype(np.float32))
-            near = np.linalg.norm(each - median[None], axis=2) <= AGREE_SPACINGS * np.maximum(spacing, 1.0)[None]
-            out.append((median, np.mean(np.stack([c for _, c in found]), 0), near.mean(0)))
-        return out
-
-    def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:
-        return combine_grades([m.grade(img01, xy) for m in self.graders], self.tianchi)
-
-
 def _int8_grader(grader: Grader, meta: dict, folder: Path) -> nn.Module:
     """The int8 grader where its ranges were measured and this CPU has the kernels, else the fused fp32 one."""
-    ranges = meta.get(quantize.RANGES_KEY)
-    if ranges and quantize.available():
-        example = quantize.example_inputs(int(meta.get("crop_size", CROP_SIZE)))
+    ranges = meta.get(RANGES_KEY)
+    if ranges and available():
+        example = example_inputs(int(meta.get("crop_size", CROP_SIZE)))
         try:
-            model = quantize.quantized(grader, ranges, example)
+            model = quantized(grader, ranges, example)
             gc.collect()  # the traced float copies sit in reference cycles: gone now, not after four graders
             return model
         except Exception as exc:  # noqa: BLE001 - ranges of another network, a torch that traces differently:

@@ -1,10 +1,5 @@
-"""int8 graders for CPU inference.
-
-The graders are most of a study's CPU time after the landmark nets. With int8 weights *and* activations (torch.ao
-FX post-training quantization, x86 kernels) a grader's 11 crops take about a third of the time, and on held-out
-folds its probabilities are as good (model card). The activation ranges need real images, which a hospital's
-node does not have, so they are measured once on the training slices and stored in the member's model.json
-(`int8_activation_ranges`); at load they rebuild the int8 grader without any data.
+"""Measures the int8 graders' activation ranges on training slices and stores them in model.json (`ai.int8`
+rebuilds the int8 graders from them at load). A training tool: the runtime never imports it.
 
     python -m ai.quantize --data DIR FOLDER   # FOLDER: a model folder or an ensemble's (every grading member)
 """
@@ -14,7 +9,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,49 +16,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-RANGES_KEY = "int8_activation_ranges"
-ENGINE = "x86"  # fbgemm + oneDNN kernels; "qnnpack" is the ARM choice
+from ai.infer import Member, level_crops
+from ai.int8 import RANGES_KEY, forget_traced_networks, prepare_observed
+
 CALIBRATION_STUDIES = 64  # histogram ranges settle well before this on the 150 training slices
-
-
-def available() -> bool:
-    """The x86 int8 kernels and the torch.ao FX API (deprecated in torch 2.14 in favour of torchao; where a later
-    torch drops it, the graders run fp32 and tests/test_quantize.py says so)."""
-    try:
-        import torch.ao.quantization.quantize_fx  # noqa: F401
-    except ImportError:
-        return False
-    return ENGINE in torch.backends.quantized.supported_engines
-
-
-def is_int8(net: nn.Module) -> bool:
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in net.modules())
-
-
-def _prepare(net: nn.Module, observer: type, example: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
-    with warnings.catch_warnings():  # the torch.ao FX API warns that it is moving to torchao
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import QConfig, QConfigMapping
-        from torch.ao.quantization.observer import default_per_channel_weight_observer
-        from torch.ao.quantization.quantize_fx import prepare_fx
-
-        torch.backends.quantized.engine = ENGINE
-        qconfig = QConfig(activation=observer.with_args(reduce_range=True), weight=default_per_channel_weight_observer)
-        return prepare_fx(net.eval(), QConfigMapping().set_global(qconfig), example)
-
-
-def _forget_traced_networks() -> None:
-    """torch 2.14's FX quantization memoises `assert_and_get_unique_device` with an unbounded functools.cache keyed
-    by the module, so every network it traces would stay in memory (a float grader, 43 MB, per int8 grader)."""
-    from torch.ao.quantization.fx import utils
-
-    clear = getattr(getattr(utils, "assert_and_get_unique_device", None), "cache_clear", None)
-    if clear is not None:
-        clear()
-
-
-def example_inputs(crop_size: int, levels: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.zeros(levels, 1, crop_size, crop_size), torch.arange(levels)
 
 
 def calibrate(grader: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, list[float]]:
@@ -76,7 +31,7 @@ def calibrate(grader: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
     if not batches:
         raise ValueError("calibration needs at least one batch of crops")
     try:
-        prepared = _prepare(copy.deepcopy(grader), HistogramObserver, batches[0])
+        prepared = prepare_observed(copy.deepcopy(grader), HistogramObserver, batches[0])
         with torch.no_grad():
             for crops, levels in batches:
                 prepared(crops, levels)
@@ -87,43 +42,18 @@ def calibrate(grader: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
                 ranges[name] = [(obs.quant_min - zero) * scale, (obs.quant_max - zero) * scale]
         return ranges
     finally:
-        _forget_traced_networks()
-
-
-def quantized(grader: nn.Module, ranges: dict[str, list[float]], example: tuple[torch.Tensor, ...]) -> nn.Module:
-    """The int8 grader from stored ranges; ValueError when they were measured on another network."""
-    from torch.ao.quantization.observer import MinMaxObserver
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    try:
-        prepared = _prepare(grader, MinMaxObserver, example)
-        observers = {name: obs for name, obs in prepared.named_modules() if type(obs) is MinMaxObserver}
-        if set(observers) != set(ranges):
-            raise ValueError(f"stored int8 ranges name {len(ranges)} activations, this network has {len(observers)}")
-        for name, obs in observers.items():
-            low, high = ranges[name]
-            obs.min_val, obs.max_val = torch.tensor(float(low)), torch.tensor(float(high))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = convert_fx(prepared)
-        for node in model.graph.nodes:  # observer factories there close over the float modules (43 MB a grader)
-            node.meta.pop("target_dtype_info", None)
-        return model
-    finally:
-        _forget_traced_networks()
+        forget_traced_networks()
 
 
 def calibrate_folder(folder: Path, items: list) -> int:
     """Measures and stores the ranges of every grader under `folder` (a model or an ensemble); returns how many.
-    `items`: `ai.train.prepare`d studies; the crops are cut at their annotated points, the first
+    `items`: `ai.data.prepare`d studies; the crops are cut at their annotated points, the first
     CALIBRATION_STUDIES with all 11 levels."""
-    from ai.infer import Analyzer, level_crops
-
     meta = json.loads((folder / "model.json").read_text())
     targets = [folder / m for m in meta["ensemble"]["grade"]] if "ensemble" in meta else [folder]
     chosen = [it for it in items if it.mask.all()][:CALIBRATION_STUDIES]
     for target in targets:
-        model = Analyzer.load(target, "cpu", fused=False)  # the weights as stored (int8 graders dequantized)
+        model = Member.load(target, "cpu", fused=False)  # the weights as stored (int8 graders dequantized)
         if model.grader is None:
             raise ValueError(f"{target} has no grader to calibrate")
         size = int(model.meta.get("crop_size", 64))
@@ -140,8 +70,7 @@ def main() -> None:
     p.add_argument("--data", required=True, help="annotated training slices (as for dicomnode train)")
     p.add_argument("folder", help="a model folder, or an ensemble folder (each grading member is calibrated)")
     args = p.parse_args()
-    from ai.data import load_dataset
-    from ai.train import prepare
+    from ai.data import load_dataset, prepare
 
     n = calibrate_folder(Path(args.folder), prepare(load_dataset(Path(args.data))))
     print(json.dumps({"calibrated_graders": n, "folder": args.folder}))

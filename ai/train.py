@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ai.calibrate import calibration_error, fit_temperatures
-from ai.data import Study, load_dataset, target_array
+from ai.data import Item, load_dataset, prepare
 from ai.spider import load_spider
 from ai.decide import Decision
 from ai.evaluate import METRIC_KEYS, evaluate, results_for
-from ai.imaging import INPUT_SIZE, Letterbox, letterbox_tensor, normalise
-from ai.infer import Analyzer, level_crops
+from ai.imaging import INPUT_SIZE
+from ai.infer import Analyzer, Member, level_crops
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
 from ai import joint
 from ai.joint import SpiderItem, spider_targets
@@ -45,28 +45,6 @@ class Recipe:
     input_size: int = INPUT_SIZE  # landmark net input side
     crop_size: int = CROP_SIZE  # grader crop side
     shift: float = 0.1  # landmark augmentation: largest shift in normalised coordinates (the input spans -1..1)
-
-
-@dataclass
-class Item:
-    study: Study
-    img01: np.ndarray  # normalised full-resolution slice
-    spacing: tuple[float, float]
-    net_in: torch.Tensor  # (1, S, S) letterboxed
-    box: Letterbox
-    xy: np.ndarray  # (11, 2) slice pixels
-    mask: np.ndarray  # (11,) present
-
-
-def prepare(studies: list[Study], input_size: int = INPUT_SIZE) -> list[Item]:
-    items = []
-    for s in studies:
-        pixels, spacing = s.load()
-        img = normalise(pixels)
-        box = Letterbox.fit(*img.shape, size=input_size)
-        xy, mask = target_array(s)
-        items.append(Item(s, img, spacing, letterbox_tensor(img, box, input_size), box, xy, mask))
-    return items
 
 
 def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator,
@@ -250,7 +228,7 @@ def _fill_missing(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def predict(analyzer: Analyzer, items: list[Item]) -> list[dict[str, Any]]:
+def predict(analyzer: Analyzer | Member, items: list[Item]) -> list[dict[str, Any]]:
     """Out-of-fold raw outputs: xy, localisation, probabilities."""
     out = []
     for it in items:
@@ -292,14 +270,14 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "cpu",
-        spider: Sequence[SpiderItem] | None = None, landmarks_from: Path | None = None) -> Analyzer:
+        spider: Sequence[SpiderItem] | None = None, landmarks_from: Path | None = None) -> Member:
     """landmarks_from: a model folder whose landmark net is taken as it is (the same fold of an earlier run), so
     that graders of several seeds are cross-validated at the same held-out points without training it again."""
     meta: dict[str, Any] = {"width": recipe.width, "input_size": recipe.input_size, "crop_size": recipe.crop_size,
                             "grader_arch": recipe.grader_arch}
     lm: Any
     if landmarks_from is not None:
-        source = Analyzer.load(landmarks_from, device, fused=False)
+        source = Member.load(landmarks_from, device, fused=False)
         lm = source.landmarks
         meta.update({k: source.meta[k] for k in ("width", "input_size") if k in source.meta})
         log(f"landmark net taken from {landmarks_from}")
@@ -313,10 +291,10 @@ def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "c
     gr = train_grader(items, recipe.gr_epochs, seed, log, recipe.grader_arch, recipe.crop_size, device, spider)
     if spider:
         meta["grader_outputs"] = N_GRADES_BOTH
-    return Analyzer(lm, gr, Decision(), meta, torch.device(device))
+    return Member(lm, gr, meta, torch.device(device))
 
 
-def predict_spider(analyzer: Analyzer, items: Sequence[SpiderItem]) -> list[dict[str, Any]]:
+def predict_spider(analyzer: Analyzer | Member, items: Sequence[SpiderItem]) -> list[dict[str, Any]]:
     """Held-out SPIDER probabilities, graded at the points the slices were located at (no coordinates to learn)."""
     return [{"instance_uid": it.study.instance_uid, "xy": it.xy.tolist(),
              "probs": analyzer.grade(it.img01, it.xy.astype(np.float32)).tolist()} for it in items]
@@ -423,7 +401,7 @@ def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5
             extra = f" SPIDER herniation balanced accuracy {m['spider_herniation_balanced_accuracy']}" if spider else ""
             log(f"fold {k}: macro-F1 {m['tianchi_macro_f1']} within 6 mm {m['within_6mm']}{extra}")
     if final_model is not None:
-        final_model.decision = Decision.from_dict(report.get("decision", Decision().to_dict()))
+        final_model.meta["decision"] = report.get("decision", Decision().to_dict())
         final_model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items),
                                    **({"spider_trained_on": len(spider)} if spider else {})})
         if final_model.grader is not None:

@@ -7,7 +7,7 @@ so its slice stands in for all three).
 
 `pipeline_wall_s_per_study_*`: the node's whole path for a study of five single-frame slice files (series selection
 from the headers, reading, turning each slice to the nets' orientation, locating the candidates, grading the best):
-`dicomnode.pipeline.analyse`.
+`dicomnode.analyse.analyse`.
 
 --unfused: the networks as trained (BatchNorm not folded, graders fp32), the baseline for `ai.infer.for_inference`;
 --fp32-graders: folded, but the graders in fp32 instead of int8 (`ai.quantize`).
@@ -86,13 +86,13 @@ def main() -> None:
 
 
 def pipeline_times(analyzer: Analyzer, data: list[tuple[np.ndarray, tuple[float, float]]]) -> list[float]:
-    """Seconds per study through `dicomnode.pipeline.analyse`, each study five files of one slice's pixels."""
+    """Seconds per study through `dicomnode.analyse.analyse`, each study five files of one slice's pixels."""
     import tempfile
 
     from dicomgen import SeriesSpec, make_instance
     from pydicom.uid import generate_uid
 
-    from dicomnode.pipeline import analyse
+    from dicomnode.analyse import analyse
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """Within 6 mm per stored variant of real slices (mirrored, transposed, head down, 12-bit, finer pixels, cropped,
-multi-frame), through the node's own pipeline (`dicomnode.pipeline.analyse`), as JSON.
+multi-frame), through the node's own pipeline (`dicomnode.analyse.analyse`), as JSON.
 
 Tianchi slices: against their annotations (the shipped nets were trained on them: an in-sample figure, for the
 comparison between variants). SPIDER slices (never seen by the nets): how many levels land within 6 mm of the plain
@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from ai.data import load_dataset  # noqa: E402
 from ai.labels import LEVELS  # noqa: E402
 from ai.spider import load_spider  # noqa: E402
-from dicomnode.pipeline import AnalysisError, analyse, get_analyzer  # noqa: E402
+from dicomnode.analyse import AnalysisError, analyse, get_analyzer  # noqa: E402
 from variants import NAMES, write_variant  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

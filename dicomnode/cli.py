@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dicomnode.status import collect, render
+    from dicomnode.admin import collect, render
 
     facts = collect(_config(args))
     if args.json:
@@ -65,7 +65,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from dicomnode.status import list_jobs, render_jobs
+    from dicomnode.admin import list_jobs, render_jobs
 
     rows = list_jobs(_config(args), state=args.state, limit=args.limit)
     print(json.dumps(rows, indent=2) if args.json else render_jobs(rows))
@@ -73,7 +73,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from dicomnode.jobs import retry_job
+    from dicomnode.admin import retry_job
 
     ok, msg = retry_job(_config(args), args.job_id)
     print(msg, file=sys.stdout if ok else sys.stderr)
@@ -81,17 +81,37 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from dicomnode.jobs import reprocess_study
+    from dicomnode.admin import reprocess_study
 
     ok, msg = reprocess_study(_config(args), args.study_uid)
     print(msg, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
 
+def analyze_path(path: Path, out: Path, ai: Any = None, output: Any = None, png: bool = False) -> dict[str, Any]:
+    """The service's stages 3-5 on a folder, without network or database. ai and output as in the service's
+    configuration (defaults: the bundled ones), so an admin can reproduce what the node did with its settings."""
+    from dicomnode.analyse import AnalysisError, NoInput, analyse, get_analyzer
+    from dicomnode.config import AIConfig, OutputConfig
+    from dicomnode.report.outputs import write_outputs
+
+    ai, output = ai or AIConfig(), output or OutputConfig()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        return {"error": "no_input", "reason": f"no files under {path}", "levels": []}
+    try:
+        analysis = analyse(files, get_analyzer(ai.model, ai.device, ai.int8_graders), ai.candidate_slices)
+    except NoInput as exc:
+        return {"error": "no_input", "reason": str(exc), "levels": []}
+    except AnalysisError as exc:
+        return {"error": exc.code, "reason": exc.reason, "levels": []}
+    written = write_outputs(analysis, out, 1, output, png=png)
+    return dict(analysis.to_json(), files=[str(o.path) for o in written])
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from dicomnode.analyze import analyze_path
     from dicomnode.config import AIConfig, check_ai
 
     cfg = load_config(args.config) if args.config else None  # only when asked: a bare analyze stays reproducible

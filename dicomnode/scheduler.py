@@ -1,4 +1,4 @@
-"""APScheduler drives the completion rule; worker threads run jobs off the SCP's threads."""
+"""APScheduler drives the completion rule and retention; worker threads run jobs off the SCP's threads."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ai.infer import Analyzer
 from dicomnode import logs
 from dicomnode.config import Config
-from dicomnode.jobs import JobRunner
-from dicomnode.pipeline import get_analyzer
+from dicomnode.analyse import get_analyzer
+from dicomnode.complete import CompletionRule
+from dicomnode.worker import Worker
 from storage import retention
 from storage.filestore import FileStore
 
@@ -21,7 +22,9 @@ log = logs.get("dicomnode.scheduler")
 class Scheduler:
     def __init__(self, cfg: Config, engine: Any, store: FileStore) -> None:
         self.cfg = cfg
-        self.runner = JobRunner(cfg, engine, store, self._analyzer)
+        self.engine, self.store = engine, store
+        self.rule = CompletionRule(cfg, engine, store)
+        self.worker = Worker(cfg, engine, store, self._analyzer)
         self.aps = BackgroundScheduler(timezone="UTC")
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -34,7 +37,7 @@ class Scheduler:
         return get_analyzer(ai.model, ai.device, ai.int8_graders)
 
     def start(self) -> None:
-        resumed = self.runner.resume()
+        resumed = self.worker.resume()
         if resumed:
             log.info("jobs resumed", count=resumed)
         try:  # load before work arrives; without a model the node still receives, and jobs say why they fail
@@ -55,7 +58,7 @@ class Scheduler:
 
     def _tick(self) -> None:
         try:
-            self.runner.tick()
+            self.rule.tick()
         except Exception as exc:  # noqa: BLE001 - e.g. the database locked by another process for a while
             log.warning("completion check failed", error=type(exc).__name__)
             return
@@ -64,9 +67,9 @@ class Scheduler:
     def _retention(self) -> None:
         node = self.cfg.node
         try:
-            done = retention.apply(self.runner.engine, self.runner.store, node.retention_days * 86400,
+            done = retention.apply(self.engine, self.store, node.retention_days * 86400,
                                    node.purge_free_bytes)
-            done.update(retention.expire_history(self.runner.engine, self.runner.store,
+            done.update(retention.expire_history(self.engine, self.store,
                                                  node.results_retention_days * 86400,
                                                  node.history_retention_days * 86400))
         except Exception as exc:  # noqa: BLE001
@@ -78,12 +81,12 @@ class Scheduler:
     def _work(self) -> None:
         while not self.stopping.is_set():
             try:
-                claimed = self.runner.claim()
+                claimed = self.worker.claim()
                 if claimed is None:
                     self.wake.wait(self.cfg.scheduler.poll_seconds)
                     self.wake.clear()
                     continue
-                self.runner.work(*claimed)
+                self.worker.work(*claimed)
             except Exception as exc:  # noqa: BLE001 - a worker never dies; the job keeps its state and resumes
                 log.error("worker error", error=type(exc).__name__, detail=str(exc)[:200])
                 self.stopping.wait(self.cfg.scheduler.poll_seconds)

@@ -4,8 +4,9 @@ Every decision carries its reason, because a radiologist asking "why no result?"
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +130,49 @@ class Selection:
     considered: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
 
+    def record(self, **chosen: Any) -> SelectionRecord:
+        """What is kept of the choice in the job (`chosen`: the analysed slice, frame, scores, orientation)."""
+        return SelectionRecord(
+            series_uid=self.series.series_uid if self.series else None,
+            series_description=self.series.description if self.series else None,
+            slices=len(self.ordered), complete=self.complete, candidates=[h.key for h in self.candidates],
+            reason=self.reason, considered=self.considered, **chosen)
+
+
+@dataclass
+class SelectionRecord:
+    """The selection as a job records it (jobs.selection, `analyze --json`'s "selection"; keys are a stable
+    contract) and as a later revision compares it."""
+
+    series_uid: str | None = None
+    series_description: str | None = None
+    slices: int | None = None
+    complete: bool = False
+    candidates: list[str] = field(default_factory=list)
+    reason: str = ""
+    considered: list[dict[str, Any]] = field(default_factory=list)
+    chosen_slice: str | None = None
+    chosen_frame: int | None = None
+    slice_scores: dict[str, float] = field(default_factory=dict)
+    orientation: str = "as stored"
+    numbering_uncertain: bool = False
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "series_uid": self.series.series_uid if self.series else None,
-            "series_description": self.series.description if self.series else None,
-            "slices": len(self.ordered), "complete": self.complete,
-            "candidates": [h.key for h in self.candidates],
-            "reason": self.reason, "considered": self.considered,
-        }
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | None) -> SelectionRecord:
+        """A stored record (None: the job ended before a series was chosen); keys it does not know are ignored."""
+        data = json.loads(text) if text else {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def changed_by(self, now: Selection) -> bool:
+        """Whether a new selection of the study picks another series or another number of slices."""
+        return (now.series.series_uid if now.series else None) != self.series_uid or len(now.ordered) != self.slices
 
 
 def read_headers(paths: list[Path]) -> tuple[list[Header], list[str]]:

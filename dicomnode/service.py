@@ -10,7 +10,7 @@ from typing import Any
 
 from dicomnode import __version__, heartbeat, logs, systemd
 from dicomnode.config import Config
-from dicomnode.scp import StoreSCP
+from dicomnode.receive import StoreSCP
 from storage.db import open_db
 from storage.filestore import FileStore, reconcile
 

@@ -87,7 +87,7 @@ def combine(out: Path, data: Path, lm_name: str, gr_name: str, device: str) -> d
 
     from ai.data import load_dataset
     from ai.decide import Decision
-    from ai.infer import Analyzer, Ensemble
+    from ai.infer import Analyzer, Member
     from ai.train import folds_of, predict, prepare, summarise
 
     cv = json.loads((out / lm_name / "cv.json").read_text()) if (out / lm_name / "cv.json").is_file() else {}
@@ -101,8 +101,8 @@ def combine(out: Path, data: Path, lm_name: str, gr_name: str, device: str) -> d
     where = {i: j for j, i in enumerate(covered)}
     oof: list[Any] = [None] * len(covered)
     for k in folds:
-        pair = Ensemble([Analyzer.load(out / lm_name / f"fold{k}", device)],
-                        [Analyzer.load(out / gr_name / f"fold{k}", device)], Decision(), {})
+        pair = Analyzer([Member.load(out / lm_name / f"fold{k}", device)],
+                        [Member.load(out / gr_name / f"fold{k}", device)], Decision(), {})
         val = [int(i) for i in splits[k - 1]]
         for i, p in zip(val, predict(pair, [items[i] for i in val])):
             oof[where[i]] = p
@@ -118,16 +118,15 @@ def _recipe_of(out: Path, name: str) -> dict[str, Any]:
 
 
 def pack_model(out: Path, lm_name: str, gr_name: str, decision: dict, cv_report: dict, dest: Path) -> None:
-    from ai.decide import Decision
-    from ai.infer import Analyzer
+    from ai.infer import Member
 
-    lm = Analyzer.load(out / lm_name, "cpu", fused=False)  # saved again below
-    gr = Analyzer.load(out / gr_name, "cpu", fused=False)
+    lm = Member.load(out / lm_name, "cpu", fused=False)  # saved again below
+    gr = Member.load(out / gr_name, "cpu", fused=False)
     meta = dict(lm.meta, crop_size=gr.meta.get("crop_size"), grader_arch=gr.meta.get("grader_arch"),
                 recipe={"landmarks": _recipe_of(out, lm_name), "grader": _recipe_of(out, gr_name)})
     for key in ("decision", "cv_mean", "fold", "val_studies"):
         meta.pop(key, None)
-    model = Analyzer(lm.landmarks, gr.grader, Decision.from_dict(decision), meta, lm.device)
+    model = Member(lm.landmarks, gr.grader, dict(meta, decision=decision), lm.device)
     model.save(dest, {"cv_mean": cv_report.get("cv_mean"), "landmarks_from": lm_name, "grader_from": gr_name})
     (dest / "cv.json").write_text(json.dumps(cv_report, indent=2) + "\n")
 

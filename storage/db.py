@@ -219,3 +219,35 @@ def counts(engine: Engine) -> dict[str, Any]:
         n_study = conn.execute(select(func.count(func.distinct(instances.c.study_uid)))).scalar_one()
         by_state = dict(conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
     return {"instances": n_inst, "studies": n_study, "jobs": {s.value: by_state.get(s.value, 0) for s in JobState}}
+
+
+def instance_paths(conn: Any, root: Path, study_uid: str) -> list[Path]:
+    """A study's stored files, as indexed."""
+    rows = conn.execute(select(instances.c.path).where(instances.c.study_uid == study_uid)).all()
+    return [root / p for (p,) in rows]
+
+
+def new_job(conn: Any, study_uid: str, revision: int, why: str, state: JobState = JobState.QUEUED) -> int:
+    """A job for a study's revision, with its first event, in the caller's transaction."""
+    now = time.time()
+    job_id = int(conn.execute(insert(jobs).values(study_uid=study_uid, revision=revision, state=state.value,
+                                                  created=now, updated=now)).inserted_primary_key[0])
+    add_job_event(conn, job_id, state, why)
+    return job_id
+
+
+def finish_job(conn: Any, job_id: int, state: JobState, code: str | None, reason: str) -> None:
+    """A job ends (failed, no input, done): state, reason and finish time in one change."""
+    fields: dict[str, Any] = {"finished": time.time()}
+    if code is not None:
+        fields.update(reason_code=code, reason=reason[:500])
+    set_job_state(conn, job_id, state, reason[:1000], **fields)
+
+
+def supersede_older(conn: Any, job_id: int) -> None:
+    """A study's newer revision is done: its older done jobs are superseded."""
+    job = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
+    older = conn.execute(select(jobs.c.id).where(jobs.c.study_uid == job.study_uid, jobs.c.id != job_id,
+                                                 jobs.c.state == JobState.DONE.value)).all()
+    for (old,) in older:
+        set_job_state(conn, old, JobState.SUPERSEDED, f"superseded by job {job_id} (revision {job.revision})")

@@ -13,14 +13,15 @@ from dicomgen import data_subset
 from ai.decide import Decision
 from ai.ensemble import assemble, combine_oof
 from ai.imaging import spine_geometry
-from ai.infer import AGREE_SPACINGS, Analyzer, Ensemble, LevelResult, numbering_uncertain
+from ai.infer import AGREE_SPACINGS, Analyzer, Member
+from ai.results import LevelResult, numbering_uncertain
 from ai.models import Grader, LandmarkNet
 
 
 def _member(folder: Path, seed: int, grader: bool = True, size: int = 64) -> Path:
     torch.manual_seed(seed)
     meta = {"width": 8, "input_size": size, "crop_size": 32, "grader_arch": "resnet18"}
-    Analyzer(LandmarkNet(8), Grader() if grader else None, Decision(), meta, torch.device("cpu")).save(folder)
+    Member(LandmarkNet(8), Grader() if grader else None, meta, torch.device("cpu")).save(folder)
     return folder
 
 
@@ -35,7 +36,7 @@ def _ensemble_folder(root: Path) -> Path:
 
 def test_ensemble_takes_the_median_point_and_the_mean_grade(tmp_path: Path):
     ens = Analyzer.load(_ensemble_folder(tmp_path), "cpu")
-    assert isinstance(ens, Ensemble) and len(ens.locators) == 3 and len(ens.graders) == 2
+    assert len(ens.locators) == 3 and len(ens.graders) == 2
     img = np.random.default_rng(0).random((200, 160), dtype=np.float32)
     points = [m.locate(img)[0] for m in ens.locators]
     xy, _ = ens.locate(img)
@@ -99,9 +100,9 @@ def test_assemble_scores_the_members_out_of_fold_and_loads(shared_data: Path, tm
     members = []
     for name, seed, grader in (("a", 1, True), ("b", 2, True), ("c", 3, False)):
         folder = _member(tmp_path / name, seed, grader)
-        model = Analyzer.load(folder, "cpu")
+        model = Member.load(folder, "cpu")
         if model.grader is None:  # a locating-only member still records probabilities in its oof.json
-            model.grader = Analyzer.load(tmp_path / "a", "cpu").grader
+            model.grader = Member.load(tmp_path / "a", "cpu").grader
         (folder / "oof.json").write_text(json.dumps(predict(model, [items[i] for v in val for i in v])))
         members.append(folder)
     report = assemble(data, tmp_path / "ens", members, members[:2], folds=2)
@@ -127,8 +128,8 @@ def test_tianchi_heads_come_from_the_named_graders_and_spider_heads_from_those_t
     _member(tmp_path / "t", 1)
     torch.manual_seed(2)
     meta = {"width": 8, "input_size": 64, "crop_size": 32, "grader_arch": "resnet18", "grader_outputs": N_GRADES_BOTH}
-    Analyzer(LandmarkNet(8), Grader(outputs=N_GRADES_BOTH), Decision(disc_rule=DiscRule()), meta,
-             torch.device("cpu")).save(tmp_path / "j")
+    Member(LandmarkNet(8), Grader(outputs=N_GRADES_BOTH), dict(meta, decision=Decision(disc_rule=DiscRule()).to_dict()),
+           torch.device("cpu")).save(tmp_path / "j")
     (tmp_path / "j" / "landmarks.safetensors").unlink()  # a grading-only member, as ai.ensemble copies one
     spec = {"members": ["t", "j"], "locate": ["t"], "grade": ["t", "j"], "tianchi_heads": ["t"]}
     (tmp_path / "model.json").write_text(json.dumps({"ensemble": spec, "version": "test",

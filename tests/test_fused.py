@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ai.decide import Decision
-from ai.infer import Analyzer, for_inference
+from ai.infer import Member, for_inference
 from ai.models import Grader, LandmarkNet
 
 
@@ -52,13 +51,12 @@ def test_grader_folded_gives_the_same_logits():
 
 def test_a_model_loaded_unfused_saves_again_to_the_same_files(tmp_path: Path):
     meta = {"width": 8, "grader_arch": "resnet18"}
-    Analyzer(_trained_looking(LandmarkNet(8)), _trained_looking(Grader()), Decision(), meta,
-             torch.device("cpu")).save(tmp_path / "a")
-    Analyzer.load(tmp_path / "a", "cpu", fused=False).save(tmp_path / "b")
+    Member(_trained_looking(LandmarkNet(8)), _trained_looking(Grader()), meta, torch.device("cpu")).save(tmp_path / "a")
+    Member.load(tmp_path / "a", "cpu", fused=False).save(tmp_path / "b")
     for name in ("landmarks.safetensors", "grader.safetensors"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     img = np.random.default_rng(0).random((200, 160), dtype=np.float32)
-    fused, plain = Analyzer.load(tmp_path / "b", "cpu"), Analyzer.load(tmp_path / "b", "cpu", fused=False)
+    fused, plain = Member.load(tmp_path / "b", "cpu"), Member.load(tmp_path / "b", "cpu", fused=False)
     assert np.allclose(fused.locate(img)[0], plain.locate(img)[0], atol=1e-3)
     with pytest.raises(ValueError, match="fused=False"):  # its state dict would not load into the nets again
         fused.save(tmp_path / "c")

@@ -10,13 +10,14 @@ import numpy as np
 import pydicom
 import pytest
 from dicomgen import SeriesSpec, write_series
+from stages import Stages
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from ai.infer import LevelResult, Located
+from ai.results import LevelResult, Located
 from ai.labels import LEVELS, level_kind
 from dicomnode.config import Config, SchedulerConfig
-from dicomnode.jobs import JobRunner, reprocess_study, retry_job
+from dicomnode.admin import reprocess_study, retry_job
 from storage import db
 from storage.filestore import FileStore
 from storage.states import JobState
@@ -47,7 +48,7 @@ def env(tmp_path: Path):
     cfg.scheduler = SchedulerConfig(study_quiet_seconds=60, series_quiet_seconds=10, max_wait_seconds=600)
     engine = db.open_db(cfg.data_path / "dicomnode.db")
     store = FileStore(cfg.data_path, fsync=False)
-    runner = JobRunner(cfg, engine, store, lambda: FakeAnalyzer())
+    runner = Stages.of(cfg, engine, store, FakeAnalyzer())
     return cfg, engine, store, runner
 
 
@@ -77,16 +78,15 @@ def events(engine, job_id: int) -> list[tuple[str, str]]:
             select(db.job_events).where(db.job_events.c.job_id == job_id).order_by(db.job_events.c.id))]
 
 
-def queue_study(runner: JobRunner, files: list[Path], t0: float) -> None:
+def queue_study(runner: Stages, files: list[Path], t0: float) -> None:
     """Received at t0, then quiet long enough to be queued."""
     ingest(runner.engine, runner.store, files, t0)
     runner.tick(now=t0 + 1)
     runner.tick(now=t0 + 100)
 
 
-def drain(runner: JobRunner) -> None:
-    while (claimed := runner.claim()) is not None:
-        runner.work(*claimed)
+def drain(runner: Stages) -> None:
+    runner.drain()
 
 
 def test_quiet_study_runs_once_to_done_with_outputs_and_events(env, tmp_path: Path):
@@ -187,18 +187,18 @@ def test_restart_resumes_running_jobs(env, tmp_path: Path):
     cfg, engine, store, runner = env
     t0 = time.time() - 1000
     queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), generate_uid()), t0)
-    job_id, _ = runner.claim()
+    job_id, _ = runner.worker.claim()
     with engine.begin() as conn:  # the process died in the middle of the job
         db.set_job_state(conn, job_id, JobState.RUNNING, "crash here")
-    fresh = JobRunner(cfg, engine, store, lambda: FakeAnalyzer())
-    assert fresh.resume() == 1
+    fresh = Stages.of(cfg, engine, store, FakeAnalyzer())
+    assert fresh.worker.resume() == 1
     assert jobs(engine)[0].state == "queued"
     drain(fresh)
     assert jobs(engine)[0].state == "done"
 
 
 def test_a_job_that_keeps_killing_the_process_fails_instead_of_looping(env, tmp_path: Path):
-    from dicomnode.jobs import MAX_RUN_ATTEMPTS
+    from dicomnode.worker import MAX_RUN_ATTEMPTS
 
     cfg, engine, store, runner = env
     t0 = time.time() - 1000
@@ -206,7 +206,7 @@ def test_a_job_that_keeps_killing_the_process_fails_instead_of_looping(env, tmp_
     job_id = jobs(engine)[0].id
     with engine.begin() as conn:
         db.set_job_state(conn, job_id, JobState.RUNNING, "crash here", attempts=MAX_RUN_ATTEMPTS)
-    JobRunner(cfg, engine, store, lambda: FakeAnalyzer()).resume()
+    Stages.of(cfg, engine, store, FakeAnalyzer()).worker.resume()
     job = jobs(engine)[0]
     assert job.state == "failed" and job.reason_code == "crashed_repeatedly"
 

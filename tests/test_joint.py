@@ -12,7 +12,7 @@ import torch
 from dicomgen import data_subset
 
 from ai.decide import Decision, DiscRule
-from ai.infer import Analyzer, grade_probs
+from ai.infer import Analyzer, Member, grade_probs
 from ai.joint import usable_discs
 from ai.labels import LEVEL_INDEX, LEVELS
 from ai.models import BULGING, DISC, HERNIATION, N_GRADES, N_GRADES_BOTH, PFIRRMANN, V5, Grader, LandmarkNet
@@ -88,8 +88,8 @@ def test_grade_probs_of_both_heads_are_distributions():
 def test_a_grader_with_spider_heads_saves_loads_and_reports_pfirrmann(tmp_path: Path):
     torch.manual_seed(0)
     meta = {"width": 8, "crop_size": 32, "grader_outputs": N_GRADES_BOTH}
-    Analyzer(LandmarkNet(8), Grader(outputs=N_GRADES_BOTH), Decision(disc_rule=DiscRule()), meta,
-             torch.device("cpu")).save(tmp_path)
+    Member(LandmarkNet(8), Grader(outputs=N_GRADES_BOTH), dict(meta, decision=Decision(disc_rule=DiscRule()).to_dict()),
+           torch.device("cpu")).save(tmp_path)
     loaded = Analyzer.load(tmp_path, "cpu")
     levels = loaded.analyze(np.random.default_rng(0).random((120, 100), dtype=np.float32), (1.0, 1.0))
     for lv in levels:

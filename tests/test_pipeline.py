@@ -11,7 +11,7 @@ from dicomgen import SeriesSpec, make_instance, write_bare, write_series
 
 from ai.data import load_dataset
 from ai.infer import Analyzer
-from dicomnode.pipeline import analyse
+from dicomnode.analyse import analyse
 
 
 def test_only_the_best_localised_candidate_is_graded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -76,7 +76,7 @@ def test_a_series_of_bare_data_sets_is_analysed_like_part10_files(tmp_path: Path
 
 def test_a_slice_whose_orientation_cannot_be_named_fails_with_the_reason(tmp_path: Path):
     """A sagittal plane turned 45 degrees in-plane: neither axis is up, so the node refuses rather than guesses."""
-    from dicomnode.pipeline import AnalysisError
+    from dicomnode.analyse import AnalysisError
 
     paths = write_series(tmp_path / "in", SeriesSpec(slices=3), "1.2.826.0.1.3680043.8.498.6")
     for p in paths:
@@ -97,7 +97,7 @@ def test_a_multi_frame_series_is_analysed_frame_by_frame(tmp_path: Path):
     result = analyse([path], Analyzer.load("default", "cpu"))
     uid = str(result.source.SOPInstanceUID)
     assert set(result.slice_scores) == {f"{uid} frame {k}" for k in (2, 3, 4)}
-    assert result.frame in (2, 3, 4) and result.decision()["chosen_frame"] == result.frame
+    assert result.frame in (2, 3, 4) and result.decision().chosen_frame == result.frame
     assert result.to_json()["frame"] == result.frame
     enhanced = write_multiframe(tmp_path / "emr.dcm", SeriesSpec("T2 SAG", slices=5), "1.2.826.0.1.3680043.8.498.8",
                                 enhanced=True)

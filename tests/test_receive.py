@@ -159,7 +159,7 @@ def test_two_associations_racing_for_the_last_pooled_connection_both_store(tmp_p
     from pydicom.uid import generate_uid
 
     from dicomnode.config import Config
-    from dicomnode.scp import StoreSCP
+    from dicomnode.receive import StoreSCP
     from storage import db
     from storage.filestore import FileStore
 

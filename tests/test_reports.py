@@ -13,7 +13,7 @@ from PIL import Image
 from dicomgen import SeriesSpec, make_instance
 from pydicom.uid import generate_uid
 
-from ai.infer import LevelResult
+from ai.results import LevelResult
 from ai.labels import LEVELS, level_kind
 from dicomnode.report.common import OutputIds
 from dicomnode.report.gsps import WARNING_TEXT, build_gsps, outline

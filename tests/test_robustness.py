@@ -12,7 +12,8 @@ from variants import NAMES, write_variant
 
 from ai.data import load_dataset
 from dicomnode.config import OutputConfig
-from dicomnode.pipeline import analyse, get_analyzer, write_outputs
+from dicomnode.analyse import analyse, get_analyzer
+from dicomnode.report.outputs import write_outputs
 
 pytestmark = pytest.mark.data
 EXACT = {"mirrored", "transposed", "head_down", "multiframe"}  # the same pixels, only stored otherwise
@@ -30,7 +31,7 @@ def test_every_variant_finds_the_levels_of_the_plain_slice(shared_data: Path, tm
             xy = np.array([[lv.x, lv.y] for lv in a.levels])
             found[name] = geom.to_plain(xy, a.pixels.shape)
             if name == "multiframe":
-                assert a.frame == 2 and a.decision()["chosen_frame"] == 2
+                assert a.frame == 2 and a.decision().chosen_frame == 2
         total += 11
         for name in NAMES:
             dist = np.hypot(*((found[name] - found["plain"]) * [sx, sy]).T)
@@ -50,7 +51,7 @@ def test_the_outputs_of_a_mirrored_slice_mark_the_stored_grid(shared_data: Path,
     plain_path, _ = write_variant("plain", st.path, tmp_path / "plain")
     mirror_path, _ = write_variant("mirrored", st.path, tmp_path / "mirrored")
     plain, mirror = analyse([plain_path], analyzer, 1), analyse([mirror_path], analyzer, 1)
-    assert mirror.decision()["orientation"] == "columns flipped" and plain.decision()["orientation"] == "as stored"
+    assert mirror.decision().orientation == "columns flipped" and plain.decision().orientation == "as stored"
     write_outputs(mirror, tmp_path / "out", 1, OutputConfig())
     sr = hd.sr.srread(tmp_path / "out" / "sr.dcm")
     cols = int(mirror.source.Columns)

@@ -13,14 +13,14 @@ from pydicom.uid import generate_uid
 from test_jobs import FakeAnalyzer, drain, events, jobs, queue_study
 
 from dicomnode.config import Config, Destination, SchedulerConfig
-from dicomnode.jobs import JobRunner
+from stages import Stages
 from storage import db
 from storage.filestore import FileStore
 
 pytestmark = pytest.mark.peers
 
 
-def runner_for(tmp_path: Path, dest: Destination, retries: int = 3) -> tuple[JobRunner, object, FileStore]:
+def runner_for(tmp_path: Path, dest: Destination, retries: int = 3) -> tuple[Stages, object, FileStore]:
     cfg = Config()
     cfg.node.data_dir = str(tmp_path / "var")
     cfg.scheduler = SchedulerConfig(study_quiet_seconds=60, series_quiet_seconds=10, max_wait_seconds=600)
@@ -29,7 +29,7 @@ def runner_for(tmp_path: Path, dest: Destination, retries: int = 3) -> tuple[Job
     cfg.output.retry_backoff_seconds = 0.5
     engine = db.open_db(cfg.data_path / "dicomnode.db")
     store = FileStore(cfg.data_path, fsync=False)
-    return JobRunner(cfg, engine, store, lambda: FakeAnalyzer()), engine, store
+    return Stages.of(cfg, engine, store, FakeAnalyzer()), engine, store
 
 
 def sop_classes(pacs: Orthanc, study: str) -> list[str]:
@@ -38,7 +38,7 @@ def sop_classes(pacs: Orthanc, study: str) -> list[str]:
     return sorted(pacs.get(f"/instances/{i}/simplified-tags")["SOPClassUID"] for i in found)
 
 
-def start_job(runner: JobRunner, engine, store, tmp_path: Path) -> str:
+def start_job(runner: Stages, engine, store, tmp_path: Path) -> str:
     study = generate_uid()
     t0 = time.time() - 1000
     queue_study(runner, write_series(tmp_path / "in", SeriesSpec("T2 SAG", slices=3), study), t0)

@@ -11,8 +11,7 @@ import torch
 from dicomgen import data_subset
 
 from ai.data import load_dataset
-from ai.decide import Decision
-from ai.infer import Analyzer
+from ai.infer import Analyzer, Member
 from ai.models import Grader, LandmarkNet
 from ai.train import Recipe, _augment, run
 
@@ -20,9 +19,9 @@ from ai.train import Recipe, _augment, run
 def test_input_size_and_crop_size_round_trip(tmp_path: Path):
     torch.manual_seed(0)
     meta = {"width": 8, "input_size": 128, "crop_size": 48, "grader_arch": "resnet18"}
-    model = Analyzer(LandmarkNet(8), Grader(), Decision(), meta, torch.device("cpu"))
+    model = Member(LandmarkNet(8), Grader(), meta, torch.device("cpu"))
     model.save(tmp_path)
-    loaded = Analyzer.load(tmp_path, "cpu")
+    loaded = Member.load(tmp_path, "cpu")
     img = np.random.default_rng(0).random((300, 200), dtype=np.float32)
     shapes = []
     loaded.landmarks.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
@@ -37,10 +36,10 @@ def test_input_size_and_crop_size_round_trip(tmp_path: Path):
 
 def test_an_older_model_json_without_crop_size_loads_with_the_defaults(tmp_path: Path):
     meta = {"width": 8, "grader_arch": "resnet18"}
-    Analyzer(LandmarkNet(8), Grader(), Decision(), meta, torch.device("cpu")).save(tmp_path)
+    Member(LandmarkNet(8), Grader(), meta, torch.device("cpu")).save(tmp_path)
     crops = []
     loaded = Analyzer.load(tmp_path, "cpu")
-    loaded.grader.register_forward_hook(lambda m, i, o: crops.append(tuple(i[0].shape)))
+    loaded.graders[0].grader.register_forward_hook(lambda m, i, o: crops.append(tuple(i[0].shape)))
     loaded.analyze(np.random.default_rng(0).random((100, 100), dtype=np.float32), (1.0, 1.0))
     assert crops == [(11, 1, 64, 64)]
 

@@ -11,7 +11,7 @@ from highdicom.pr import (
 )
 from pydicom.dataset import Dataset
 
-from ai.infer import LevelResult, numbering_uncertain
+from ai.results import LevelResult, numbering_uncertain
 from ai.labels import describe, is_abnormal
 from ai.imaging import spine_geometry
 from dicomnode.report.common import (

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ai.imaging import normalise
-from ai.infer import LevelResult
+from ai.results import LevelResult
 from ai.labels import is_abnormal
 from dicomnode.report.gsps import label_text, outline
 

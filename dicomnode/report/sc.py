@@ -6,7 +6,7 @@ import numpy as np
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 
-from ai.infer import LevelResult
+from ai.results import LevelResult
 from dicomnode.report.common import (
     MANUFACTURER, SERIES, OutputIds, carry_patient_context, character_set, contributing_equipment,
 )

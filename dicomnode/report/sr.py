@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from ai.infer import LevelResult, numbering_uncertain
+from ai.results import LevelResult, numbering_uncertain
 from ai.labels import describe
 from dicomnode.report import codes as C
 from dicomnode.report.common import (

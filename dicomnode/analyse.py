@@ -1,5 +1,5 @@
-"""One study in, results out: selection → landmarks → grading → SR + GSPS (+ PNG). Shared by the service's jobs
-and `dicomnode analyze`, so both run exactly the same code."""
+"""Stages 3 and 4, select and analyse: a study's files in, the chosen slice's located and graded levels out.
+Shared by the service's jobs and `dicomnode analyze`, so both run exactly the same code."""
 
 from __future__ import annotations
 
@@ -15,15 +15,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ai.imaging import NotOneFrame, grey_frame, read_file
-from ai.infer import Analyzer, LevelResult, numbering_uncertain
+from ai.infer import Analyzer
+from ai.results import LevelResult, numbering_uncertain
 from ai.orient import Canonical, OrientationError, canonical
-from dicomnode.config import AIConfig, OutputConfig
-from dicomnode.report.common import OutputIds
-from dicomnode.report.gsps import build_gsps, window_of
-from dicomnode.report.preview import write_png
-from dicomnode.report.sc import build_sc
-from dicomnode.report.sr import build_sr
-from dicomnode.selection import Header, Selection, select
+from dicomnode.config import AIConfig
+from dicomnode.selection import Header, Selection, SelectionRecord, select
 
 MAX_PIXELS = 4096 * 4096
 
@@ -50,22 +46,18 @@ class Analysis:
     orientation: str = "as stored"  # how the slice was turned for the nets (points are on the stored grid)
     frame: int | None = None  # the analysed frame of a multi-frame image (1-based)
 
-    def decision(self) -> dict[str, Any]:
-        d = self.selection.to_dict()
-        d["chosen_slice"] = str(self.source.SOPInstanceUID)
-        d["chosen_frame"] = self.frame
-        d["slice_scores"] = self.slice_scores
-        d["orientation"] = self.orientation
-        d["numbering_uncertain"] = numbering_uncertain(self.levels)
-        return d
+    def decision(self) -> SelectionRecord:
+        return self.selection.record(chosen_slice=str(self.source.SOPInstanceUID), chosen_frame=self.frame,
+                                     slice_scores=self.slice_scores, orientation=self.orientation,
+                                     numbering_uncertain=numbering_uncertain(self.levels))
 
     def to_json(self) -> dict[str, Any]:
         decision = self.decision()
         return {"study_uid": str(self.source.StudyInstanceUID), "series_uid": str(self.source.SeriesInstanceUID),
                 "sop_instance_uid": str(self.source.SOPInstanceUID), "frame": self.frame,
                 "model_version": self.model_version,
-                "levels": [lv.to_dict() for lv in self.levels], "selection": decision,
-                "numbering_uncertain": decision["numbering_uncertain"]}
+                "levels": [lv.to_dict() for lv in self.levels], "selection": decision.to_dict(),
+                "numbering_uncertain": decision.numbering_uncertain}
 
 
 @functools.lru_cache(maxsize=4)
@@ -131,29 +123,3 @@ def orientation_of(h: Header) -> Canonical:
         return canonical(h.get("ImageOrientationPatient"))
     except OrientationError as exc:
         raise AnalysisError("orientation", f"slice orientation cannot be read: {exc}"[:300])
-
-
-def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: OutputConfig,
-                  png: bool = False) -> list[Path]:
-    """SR and GSPS (as configured) and an optional preview PNG; returns the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ids = OutputIds(str(analysis.source.StudyInstanceUID), revision)
-    written = []
-    if output.sr:
-        sr = build_sr(analysis.source, analysis.levels, analysis.model_version, ids, analysis.frame)
-        written.append(_save(sr, out_dir / "sr.dcm"))
-    if output.gsps:
-        pr = build_gsps(analysis.source, analysis.levels, analysis.model_version, ids, output.show_normal_levels,
-                        analysis.frame, window_of(analysis.pixels))
-        written.append(_save(pr, out_dir / "gsps.dcm"))
-    if output.secondary_capture:
-        sc = build_sc(analysis.source, analysis.pixels, analysis.levels, analysis.model_version, ids)
-        written.append(_save(sc, out_dir / "sc.dcm"))
-    if png:
-        written.append(write_png(out_dir / "preview.png", analysis.pixels, analysis.levels))
-    return written
-
-
-def _save(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path

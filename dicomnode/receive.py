@@ -1,4 +1,4 @@
-"""The C-STORE / C-ECHO service class provider.
+"""Stage 1, receive: the C-STORE / C-ECHO service class provider; each instance stored durably and indexed.
 
 The store handler is kept minimal on purpose: no pixel decode, one header read for the UIDs, one durable
 write, one Core INSERT. Everything else (completion, inference) happens elsewhere, off the SCP threads."""

@@ -1,5 +1,6 @@
-"""What an admin sees: `dicomnode status` and `dicomnode jobs`. Reads the database and the state file, so it
-works while the service is stopped."""
+"""The admin commands: `status` and `jobs` read (a read-only connection: an admin's look never writes), `retry`
+and `reprocess` change a job through `storage.db` (the running service picks the change up). They work while the
+service is stopped, and they never load torch (tests/test_layout.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import shutil
 import time
 from typing import Any
 
-from sqlalchemy import desc, func, select
+from sqlalchemy import desc, func, select, update
 
 from dicomnode import heartbeat
 from dicomnode.config import Config
 from storage import db
-from storage.states import JobState
+from storage.states import FINAL_STATES, JobState
 
 
 def _ago(t: float | None) -> str:
@@ -125,3 +126,32 @@ def render_jobs(rows: list[dict[str, Any]]) -> str:
         why = f"  [{j['reason_code']}: {j['reason']}]" if j["reason_code"] else ""
         out.append(f"{j['id']:>5}  {j['state']:10s} {j['revision']:>3}  {d:>8}  {j['study_uid']}{why}")
     return "\n".join(out)
+
+
+def retry_job(cfg: Config, job_id: int) -> tuple[bool, str]:
+    engine = db.open_db(cfg.data_path / "dicomnode.db")
+    with engine.begin() as conn:
+        row = conn.execute(select(db.jobs.c.state).where(db.jobs.c.id == job_id)).first()
+        if row is None:
+            return False, f"no job {job_id}"
+        if row.state not in (JobState.FAILED.value, JobState.NO_INPUT.value):
+            return False, f"job {job_id} is {row.state}; only failed or no_input jobs can be retried"
+        conn.execute(update(db.sent_objects).where(db.sent_objects.c.job_id == job_id).values(status="superseded"))
+        db.set_job_state(conn, job_id, JobState.QUEUED, "retried by admin", reason_code=None, reason=None,
+                         finished=None, not_before=None)
+    return True, f"job {job_id} queued again"
+
+
+def reprocess_study(cfg: Config, study_uid: str) -> tuple[bool, str]:
+    engine = db.open_db(cfg.data_path / "dicomnode.db")
+    with engine.begin() as conn:
+        rev = conn.execute(select(func.max(db.jobs.c.revision)).where(db.jobs.c.study_uid == study_uid)).scalar()
+        known = conn.execute(select(db.studies.c.study_uid).where(db.studies.c.study_uid == study_uid)).first()
+        if known is None:
+            return False, f"no study {study_uid}"
+        active = conn.execute(select(db.jobs.c.id).where(
+            db.jobs.c.study_uid == study_uid, db.jobs.c.state.not_in([s.value for s in FINAL_STATES]))).first()
+        if active is not None:
+            return False, f"study already has an unfinished job ({active.id})"
+        job_id = db.new_job(conn, study_uid, (rev or 0) + 1, "reprocess requested by admin")
+    return True, f"job {job_id} queued (revision {(rev or 0) + 1})"

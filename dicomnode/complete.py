@@ -1,0 +1,92 @@
+"""Stage 2, the completion rule: when has a study arrived? Driven by the scheduler's tick.
+
+A study gets a waiting job when its first instance is indexed; the job is queued when the study has been quiet
+long enough, when its sagittal T2 series is complete (earlier), or when the longest wait is reached. Instances
+that arrive after a job ended start a new revision only when they change the selected series."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+
+from dicomnode import logs, metrics
+from dicomnode.config import Config
+from dicomnode.selection import SelectionRecord
+from dicomnode.selection import select as select_series
+from storage import db
+from storage.filestore import FileStore
+from storage.states import FINAL_STATES, JobState
+
+log = logs.get("dicomnode.complete")
+
+
+class CompletionRule:
+    def __init__(self, cfg: Config, engine: Engine, store: FileStore) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.store = store
+        self._early_cache: dict[tuple[str, int], bool] = {}
+
+    def tick(self, now: float | None = None) -> None:
+        now = now or time.time()
+        sc = self.cfg.scheduler
+        with self.engine.connect() as conn:
+            latest = conn.execute(select(db.jobs.c.study_uid, func.max(db.jobs.c.id))
+                                  .group_by(db.jobs.c.study_uid)).all()
+            latest_ids = [i for _, i in latest]
+            jobs = {r.study_uid: r for r in conn.execute(select(db.jobs).where(db.jobs.c.id.in_(latest_ids)))}
+            studies = conn.execute(select(db.studies).where(db.studies.c.purged_at.is_(None))).all()
+        for st in studies:
+            job = jobs.get(st.study_uid)
+            quiet = now - st.last_received
+            if job is None:
+                with self.engine.begin() as conn:
+                    db.new_job(conn, st.study_uid, 1, f"study arrived ({st.instances} instances)", JobState.WAITING)
+                continue
+            if job.state == JobState.WAITING.value:
+                why = None
+                if quiet >= sc.study_quiet_seconds:
+                    why = f"study quiet for {quiet:.0f}s"
+                elif now - st.first_received >= sc.max_wait_seconds:
+                    why = f"maximum wait of {sc.max_wait_seconds:.0f}s reached"
+                elif quiet >= sc.series_quiet_seconds and self._series_complete(st.study_uid, st.instances):
+                    why = f"sagittal T2 series complete (quiet {quiet:.0f}s)"
+                if why:
+                    with self.engine.begin() as conn:
+                        db.set_job_state(conn, job.id, JobState.QUEUED, why)
+            elif (job.state in FINAL_STATES and job.input_instances is not None
+                  and st.instances != job.input_instances and quiet >= sc.study_quiet_seconds):
+                self._maybe_new_revision(job, st)
+        for state, n in db.counts(self.engine)["jobs"].items():
+            metrics.JOBS.labels(state=state).set(n)
+
+    def _series_complete(self, study_uid: str, instances: int) -> bool:
+        key = (study_uid, instances)
+        if key not in self._early_cache:
+            with self.engine.connect() as conn:
+                files = db.instance_paths(conn, self.store.root, study_uid)
+            self._early_cache[key] = select_series(files).complete
+            if len(self._early_cache) > 1000:
+                self._early_cache.clear()
+        return self._early_cache[key]
+
+    def _maybe_new_revision(self, job: Any, st: Any) -> None:
+        """New instances after a finished job: a new revision only when they change the selected series."""
+        with self.engine.connect() as conn:
+            files = db.instance_paths(conn, self.store.root, st.study_uid)
+        now_selected = select_series(files)
+        before = SelectionRecord.from_json(job.selection)
+        with self.engine.begin() as conn:
+            if not before.changed_by(now_selected):
+                conn.execute(update(db.jobs).where(db.jobs.c.id == job.id).values(input_instances=st.instances))
+                added = st.instances - (job.input_instances or 0)
+                db.add_job_event(conn, job.id, job.state, f"{added} new instance(s) did not change the selected series")
+                return
+            revision = job.revision + 1
+            new_id = db.new_job(conn, st.study_uid, revision,
+                                f"new instances changed the selected series (revision {revision})")
+            db.add_job_event(conn, job.id, job.state, f"revision {revision} (job {new_id}) started")
+        log.info("new job revision", study_uid=st.study_uid, job_id=new_id, revision=revision)
