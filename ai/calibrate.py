@@ -30,7 +30,7 @@ def examples(studies: list[Any], preds: list[dict]) -> dict[str, tuple[np.ndarra
     """Per head: (probabilities, true class) at every annotated level. Localisation misses are kept: the
     confidence is read off the crop the model actually graded."""
     vp, vt, dp, dt, sp, st = [], [], [], [], [], []
-    for study, pred in zip(studies, preds):
+    for study, pred in zip(studies, preds, strict=True):
         probs = np.asarray(pred["probs"])
         for i, level in enumerate(LEVELS):
             point = study.points.get(level)
@@ -47,8 +47,11 @@ def examples(studies: list[Any], preds: list[dict]) -> dict[str, tuple[np.ndarra
                     dt.append(DISC_MAIN_LABELS.index(main[0]))
                 sp.append(probs[i, V5])
                 st.append(int("v5" in point.labels))
-    return {"vertebra": (np.array(vp), np.array(vt)), "disc": (np.array(dp), np.array(dt)),
-            "v5": (np.array(sp), np.array(st))}
+    return {
+        "vertebra": (np.array(vp), np.array(vt)),
+        "disc": (np.array(dp), np.array(dt)),
+        "v5": (np.array(sp), np.array(st)),
+    }
 
 
 def _nll(head: str, p: np.ndarray, y: np.ndarray, t: float) -> float:
@@ -61,15 +64,16 @@ def _nll(head: str, p: np.ndarray, y: np.ndarray, t: float) -> float:
 
 def fit_temperatures(studies: list[Any], preds: list[dict]) -> dict[str, float]:
     ex = examples(studies, preds)
-    return {head: float(min(TEMPS, key=lambda t: _nll(head, p, y, t))) if len(y) else 1.0
-            for head, (p, y) in ex.items()}
+    return {
+        head: float(min(TEMPS, key=lambda t: _nll(head, p, y, t))) if len(y) else 1.0 for head, (p, y) in ex.items()
+    }
 
 
 def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error of 'confidence of the chosen class' against 'it was right'."""
     edges = np.linspace(0, 1, bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         m = (conf > lo) & (conf <= hi)
         if m.any():
             total += m.mean() * abs(conf[m].mean() - correct[m].mean())

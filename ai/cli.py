@@ -4,8 +4,9 @@ SPIDER's graded discs (a folder with labels.csv)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,10 @@ def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto", i
         raise FileNotFoundError(f"none of the {len(studies)} annotated instances is among the files under {data_dir}")
     analyzer = Analyzer.load(model, device, int8=int8)
     answers, report = answer_all(analyzer, studies)
-    report = evaluate([StudyResult(st, spacing, levels) for st, (levels, spacing) in zip(studies, answers)]) | report
+    report = (
+        evaluate([StudyResult(st, spacing, levels) for st, (levels, spacing) in zip(studies, answers, strict=True)])
+        | report
+    )
     report["annotation_files"] = [str(p) for p in find_annotations(data_dir)]
     return report
 
@@ -40,15 +44,16 @@ def evaluate_spider(data_dir: Path, model: str = "default", device: str = "auto"
         raise FileNotFoundError(f"none of the {len(studies)} graded slices is among the files under {data_dir}")
     analyzer = Analyzer.load(model, device, int8=int8)
     answers, report = answer_all(analyzer, studies)
-    predictions = {st.instance_uid: levels for st, (levels, _) in zip(studies, answers) if levels}
+    predictions = {st.instance_uid: levels for st, (levels, _) in zip(studies, answers, strict=True) if levels}
     report = spider_metrics(studies, predictions) | report
     report["per_manufacturer"] = by_manufacturer(studies, predictions)
     report["layout"] = "spider"
     return report
 
 
-def answer_all(analyzer: Analyzer, studies: Sequence[Any]) -> tuple[list[tuple[list[dict], tuple[float, float]]],
-                                                                      dict[str, Any]]:
+def answer_all(
+    analyzer: Analyzer, studies: Sequence[Any]
+) -> tuple[list[tuple[list[dict], tuple[float, float]]], dict[str, Any]]:
     """Each study's levels on the stored pixel grid (where the annotations are), the slice turned for the nets as its
     ImageOrientationPatient says (a file without one is read as stored), with the slice's spacing; and what every
     report carries: `unanswered` (study UID -> why), model version, int8, seconds per study."""
@@ -65,6 +70,9 @@ def answer_all(analyzer: Analyzer, studies: Sequence[Any]) -> tuple[list[tuple[l
         except Exception as exc:  # noqa: BLE001 - missing file, undecodable pixels: recorded, not fatal
             unanswered[st.study_uid] = f"{type(exc).__name__}: {exc}"[:200]
         answers.append((levels, spacing))
-    return answers, {"unanswered": unanswered, "model_version": analyzer.version,
-                     "int8_graders": analyzer.int8_graders,
-                     "seconds_per_study": round(float(np.mean(seconds)), 4) if seconds else None}
+    return answers, {
+        "unanswered": unanswered,
+        "model_version": analyzer.version,
+        "int8_graders": analyzer.int8_graders,
+        "seconds_per_study": round(float(np.mean(seconds)), 4) if seconds else None,
+    }

@@ -165,7 +165,7 @@ def prepare(studies: list[Study], input_size: int = INPUT_SIZE) -> list[Item]:
     for s in studies:
         pixels, spacing = s.load()
         img = normalise(pixels)
-        box = Letterbox.fit(*img.shape, input_size)
+        box = Letterbox.fit(img.shape[0], img.shape[1], input_size)
         xy, mask = target_array(s)
         items.append(Item(s, img, spacing, letterbox_tensor(img, box, input_size), box, xy, mask))
     return items

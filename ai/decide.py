@@ -85,6 +85,6 @@ class Decision:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Decision":
+    def from_dict(cls, d: dict) -> Decision:
         rule = DiscRule(**d["disc_rule"]) if d.get("disc_rule") else None
         return cls(list(d["vertebra_bias"]), list(d["disc_bias"]), float(d["v5_threshold"]), rule)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ai import joint
 from ai.chain import carry, repair_skip
 from ai.data import load_dataset
-from ai import joint
 from ai.infer import Analyzer, combine_grades, store_int8
 from ai.int8 import RANGES_KEY
 from ai.quantize import calibrate_folder
@@ -37,8 +37,9 @@ from ai.spider import load_spider
 from ai.train import folds_of, prepare, summarise
 
 
-def combine_oof(uids: list[str], locate: list[list[dict]], grade: list[list[dict]],
-                tianchi: list[bool] | None = None) -> list[dict]:
+def combine_oof(
+    uids: list[str], locate: list[list[dict]], grade: list[list[dict]], tianchi: list[bool] | None = None
+) -> list[dict]:
     """Per study (in `uids` order): median of the locating members' points, the grading members' probabilities
     combined as the ensemble combines them (`ai.infer.combine_grades`)."""
     by = lambda oof: {p["study_uid"]: p for p in oof}  # noqa: E731
@@ -50,8 +51,9 @@ def combine_oof(uids: list[str], locate: list[list[dict]], grade: list[list[dict
         xy = np.median(np.stack([c for (c, _), _ in chains]), 0)
         conf = np.mean(np.stack([carry(v, src, inserted=0.0) for (_, src), v in chains]), 0)
         # A grader's probabilities follow its own member's points when they were renamed.
-        probs = combine_grades([carry(np.asarray(g[uid]["probs"]), repair_skip(np.asarray(g[uid]["xy"]))[1])
-                                for g in gra], tianchi)
+        probs = combine_grades(
+            [carry(np.asarray(g[uid]["probs"]), repair_skip(np.asarray(g[uid]["xy"]))[1]) for g in gra], tianchi
+        )
         out.append({"study_uid": uid, "xy": xy.tolist(), "loc": conf.tolist(), "probs": probs.tolist()})
     return out
 
@@ -67,9 +69,17 @@ def spider_predictions(member: Path, items: list[joint.SpiderItem]) -> list[np.n
     return [model.grade(it.img01, it.xy.astype(np.float32)) for it in items]
 
 
-def assemble(data: Path, out: Path, locate: list[Path], grade: list[Path], folds: int = 5,
-             seed: int = 0, spider: Path | None = None, keep_locators: Path | None = None,
-             tianchi_heads: list[Path] | None = None) -> dict[str, Any]:
+def assemble(
+    data: Path,
+    out: Path,
+    locate: list[Path],
+    grade: list[Path],
+    folds: int = 5,
+    seed: int = 0,
+    spider: Path | None = None,
+    keep_locators: Path | None = None,
+    tianchi_heads: list[Path] | None = None,
+) -> dict[str, Any]:
     sources = list(dict.fromkeys([*locate, *grade]))
     kept: list[str] = []
     if keep_locators is not None:
@@ -88,22 +98,36 @@ def assemble(data: Path, out: Path, locate: list[Path], grade: list[Path], folds
     if spider is not None:
         spider_items = joint.prepare_spider(load_spider(spider), Analyzer.load(keep_locators or "default", "cpu"))
         each = [spider_predictions(s, spider_items) for s in grade]
-        spider_oof = [{"instance_uid": it.study.instance_uid, "xy": it.xy.tolist(),
-                       "probs": combine_grades([p[i] for p in each], tianchi).tolist()}
-                      for i, it in enumerate(spider_items)]
+        spider_oof = [
+            {
+                "instance_uid": it.study.instance_uid,
+                "xy": it.xy.tolist(),
+                "probs": combine_grades([p[i] for p in each], tianchi).tolist(),
+            }
+            for i, it in enumerate(spider_items)
+        ]
         both = (spider_items, spider_oof, folds_of(len(spider_items), folds, seed))
     report = summarise(items, oof, splits, both)
     members = {}
     for src, name in names.items():
         cv = src / "cv.json"
-        members[name] = {"source": str(src), "locates": src in locate, "grades": src in grade,
-                         "model": {k: v for k, v in json.loads((src / "model.json").read_text()).items()
-                                   if k in ("width", "input_size", "crop_size", "grader_arch", "grader_outputs",
-                                            "version", "recipe")},
-                         "cv_mean": json.loads(cv.read_text()).get("cv_mean") if cv.is_file() else None}
+        members[name] = {
+            "source": str(src),
+            "locates": src in locate,
+            "grades": src in grade,
+            "model": {
+                k: v
+                for k, v in json.loads((src / "model.json").read_text()).items()
+                if k in ("width", "input_size", "crop_size", "grader_arch", "grader_outputs", "version", "recipe")
+            },
+            "cv_mean": json.loads(cv.read_text()).get("cv_mean") if cv.is_file() else None,
+        }
     if keep_locators is not None:
-        report["kept_locators"] = {"from": str(keep_locators), "members": kept,
-                                   "cv_mean": json.loads((keep_locators / "model.json").read_text()).get("cv_mean")}
+        report["kept_locators"] = {
+            "from": str(keep_locators),
+            "members": kept,
+            "cv_mean": json.loads((keep_locators / "model.json").read_text()).get("cv_mean"),
+        }
     report["ensemble"] = members
     if out.exists():
         shutil.rmtree(out)
@@ -122,11 +146,18 @@ def assemble(data: Path, out: Path, locate: list[Path], grade: list[Path], folds
         if src in grade:
             shutil.copy(src / "grader.safetensors", out / name / "grader.safetensors")
             store_int8(out / name / "grader.safetensors")
-    meta = {"ensemble": {"members": [*kept, *names.values()], "locate": [*kept, *(names[s] for s in locate)],
-                         "grade": [names[s] for s in grade],
-                         **({"tianchi_heads": [names[s] for s in tianchi_heads]} if tianchi_heads else {})},
-            "decision": report["decision"], "version": time.strftime("%Y%m%d"), "cv_mean": report["cv_mean"],
-            "trained_on": len(items)}
+    meta = {
+        "ensemble": {
+            "members": [*kept, *names.values()],
+            "locate": [*kept, *(names[s] for s in locate)],
+            "grade": [names[s] for s in grade],
+            **({"tianchi_heads": [names[s] for s in tianchi_heads]} if tianchi_heads else {}),
+        },
+        "decision": report["decision"],
+        "version": time.strftime("%Y%m%d"),
+        "cv_mean": report["cv_mean"],
+        "trained_on": len(items),
+    }
     if both is not None:
         meta["spider_trained_on"] = len(both[0])
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -147,10 +178,15 @@ def main() -> None:
     args = p.parse_args()
     if not args.locate and not args.keep_locators:
         p.error("name --locate members or --keep-locators")
-    report = assemble(Path(args.data), Path(args.out), [Path(x) for x in args.locate or []],
-                      [Path(x) for x in args.grade], spider=Path(args.spider) if args.spider else None,
-                      keep_locators=Path(args.keep_locators) if args.keep_locators else None,
-                      tianchi_heads=[Path(x) for x in args.tianchi_heads] if args.tianchi_heads else None)
+    report = assemble(
+        Path(args.data),
+        Path(args.out),
+        [Path(x) for x in args.locate or []],
+        [Path(x) for x in args.grade],
+        spider=Path(args.spider) if args.spider else None,
+        keep_locators=Path(args.keep_locators) if args.keep_locators else None,
+        tianchi_heads=[Path(x) for x in args.tianchi_heads] if args.tianchi_heads else None,
+    )
     print(json.dumps({"cv_mean": report["cv_mean"], "decision": report["decision"]}, indent=2))
 
 

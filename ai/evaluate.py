@@ -10,8 +10,9 @@ precision = TP / predicted points, 7-class accuracy = right class among the poin
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,16 @@ from ai.labels import LEVELS, SCORED_CLASSES, level_kind
 HIT_MM = 6.0
 SEED_HIT_PX = 8.0
 # The headline figures of a report, in the order the CV tables show them.
-METRIC_KEYS = ["tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
-               "mean_error_mm", "all_levels_hit", "tianchi_macro_f1_single_label"]
+METRIC_KEYS = [
+    "tianchi_macro_f1",
+    "within_6mm",
+    "seed_recall",
+    "seed_precision",
+    "seed_7class_accuracy",
+    "mean_error_mm",
+    "all_levels_hit",
+    "tianchi_macro_f1_single_label",
+]
 
 
 @dataclass
@@ -116,7 +125,10 @@ def _evaluate(results: list[StudyResult]) -> dict[str, Any]:
     for c in SCORED_CLASSES:
         denom = 2 * tp[c] + fp[c] + fn[c]
         per_class[f"{c[0]}_{c[1]}"] = {
-            "f1": (2 * tp[c] / denom) if denom else 0.0, "tp": tp[c], "fp": fp[c], "fn": fn[c],
+            "f1": (2 * tp[c] / denom) if denom else 0.0,
+            "tp": tp[c],
+            "fp": fp[c],
+            "fn": fn[c],
         }
     macro = float(np.mean([v["f1"] for v in per_class.values()]))
     return {
@@ -137,11 +149,12 @@ def results_for(items: Sequence[Any], preds: Sequence[dict], decision: Decision)
     """Stored predictions (points and probabilities per study) read through a decision rule: how CV tunes and
     scores a rule without running the nets again. items: anything with `study` and `spacing`."""
     res = []
-    for it, p in zip(items, preds):
+    for it, p in zip(items, preds, strict=True):
         levels = []
         for i, level in enumerate(LEVELS):
             labels, conf = decision.labels(level, np.asarray(p["probs"][i]))
-            levels.append({"level": level, "x": p["xy"][i][0], "y": p["xy"][i][1], "labels": labels,
-                           "confidence": conf})
+            levels.append(
+                {"level": level, "x": p["xy"][i][0], "y": p["xy"][i][1], "labels": labels, "confidence": conf}
+            )
         res.append(StudyResult(it.study, it.spacing, levels))
     return res

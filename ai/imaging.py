@@ -33,8 +33,9 @@ def read_file(path: Path, **kw: object) -> pydicom.Dataset:
     if "TransferSyntaxUID" not in (ds.file_meta or {}):  # a compressed set keeps the syntax it names
         implicit, little = ds.original_encoding
         ds.file_meta = ds.file_meta or FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
     return ds
 
 
@@ -76,7 +77,7 @@ class Letterbox:
     pad_y: float
 
     @classmethod
-    def fit(cls, rows: int, cols: int, size: int = INPUT_SIZE) -> "Letterbox":
+    def fit(cls, rows: int, cols: int, size: int = INPUT_SIZE) -> Letterbox:
         scale = size / max(rows, cols)
         return cls(scale, (size - cols * scale) / 2, (size - rows * scale) / 2)
 
@@ -100,7 +101,11 @@ def letterbox_tensor(img: np.ndarray, box: Letterbox, size: int = INPUT_SIZE) ->
 
 
 def crop_patch(
-    img: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor, side: torch.Tensor, out: int,
+    img: torch.Tensor,
+    centre: torch.Tensor,
+    axis: torch.Tensor,
+    side: torch.Tensor,
+    out: int,
     aspect: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crops (N, 1, out, out) squares from one image (1, H, W): centred at `centre` (N, 2) xy, with side
@@ -122,7 +127,7 @@ def crop_patch(
     theta[:, 1, 1] = down[:, 1] * half * sy
     theta[:, 0, 2] = (centre[:, 0] + 0.5) * sx - 1
     theta[:, 1, 2] = (centre[:, 1] + 0.5) * sy - 1
-    grid = F.affine_grid(theta, (n, 1, out, out), align_corners=False)
+    grid = F.affine_grid(theta, [n, 1, out, out], align_corners=False)
     return F.grid_sample(img[None].expand(n, -1, -1, -1), grid, mode="bilinear", align_corners=False)
 
 

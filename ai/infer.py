@@ -15,16 +15,29 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from ai.int8 import RANGES_KEY, available, example_inputs, is_int8, quantized
 from ai.chain import carry, repair_skip
 from ai.decide import Decision
 from ai.imaging import INPUT_SIZE, Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
+from ai.int8 import RANGES_KEY, available, example_inputs, is_int8, quantized
 from ai.labels import LEVELS, level_kind
 from ai.models import (
-    BULGING, CROP_SIZE, CROP_SPACINGS, DISC, FINDINGS, HERNIATION, N_GRADES, N_GRADES_BOTH, PFIRRMANN, SPIDER_FINDINGS,
-    V5, VERT, Grader, LandmarkNet, decode_heatmaps,
+    BULGING,
+    CROP_SIZE,
+    CROP_SPACINGS,
+    DISC,
+    FINDINGS,
+    HERNIATION,
+    N_GRADES,
+    N_GRADES_BOTH,
+    PFIRRMANN,
+    SPIDER_FINDINGS,
+    V5,
+    VERT,
+    Grader,
+    LandmarkNet,
+    decode_heatmaps,
 )
-from ai.results import Located, LevelResult
+from ai.results import LevelResult, Located
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 log = structlog.get_logger("ai.infer")
@@ -113,7 +126,7 @@ class Member:
         if hasattr(self.landmarks, "locate") or not imgs:  # the seed's YOLO detector takes one at a time
             return [self.landmarks.locate(img) for img in imgs]
         size = int(self.meta.get("input_size", INPUT_SIZE))
-        boxes = [Letterbox.fit(*img.shape, size) for img in imgs]
+        boxes = [Letterbox.fit(img.shape[0], img.shape[1], size) for img in imgs]
         x = torch.stack([letterbox_tensor(img, box, size) for img, box in zip(imgs, boxes, strict=True)])
         xy, conf = decode_heatmaps(self.landmarks(x.to(self.device)).float().cpu())
         out = []
@@ -139,8 +152,14 @@ class Analyzer:
     locators' points, so a member that numbered the spine one vertebra off is outvoted. Grades: the graders'
     probabilities at those points, combined by `combine_grades`."""
 
-    def __init__(self, locators: list[Member], graders: list[Member], decision: Decision, meta: dict[str, Any],
-                 tianchi: list[bool] | None = None) -> None:
+    def __init__(
+        self,
+        locators: list[Member],
+        graders: list[Member],
+        decision: Decision,
+        meta: dict[str, Any],
+        tianchi: list[bool] | None = None,
+    ) -> None:
         if not locators:
             raise ValueError("a model needs at least one locating member")
         self.locators, self.graders, self.tianchi = locators, graders, tianchi
@@ -156,8 +175,9 @@ class Analyzer:
         return bool(self.graders) and all(m.int8_graders for m in self.graders)
 
     @classmethod
-    def load(cls, model: str | Path = "default", device: str = "auto", fused: bool = True,
-             int8: bool = True) -> Analyzer:
+    def load(
+        cls, model: str | Path = "default", device: str = "auto", fused: bool = True, int8: bool = True
+    ) -> Analyzer:
         """model: a folder, or the name of one under ai/weights. model.json's "ensemble" (optional) names the
         member folders that locate and grade; "tianchi_heads" the graders whose Tianchi heads are read."""
         folder = Path(model) if Path(model).is_dir() else WEIGHTS_ROOT / str(model)
@@ -209,11 +229,26 @@ class Analyzer:
         for i, level in enumerate(LEVELS):
             labels, conf = self.decision.labels(level, probs[i])
             grade, grade_conf = self.decision.pfirrmann(level, probs[i]) or (None, None)
-            findings = ({name: float(p) for name, p in zip(SPIDER_FINDINGS, probs[i][FINDINGS], strict=True)}
-                        if grade is not None else None)
-            out.append(LevelResult(level, level_kind(level), float(found.xy[i, 0]), float(found.xy[i, 1]), labels,
-                                   conf, float(found.localisation[i]), float(found.agreement[i]), grade, grade_conf,
-                                   findings))
+            findings = (
+                {name: float(p) for name, p in zip(SPIDER_FINDINGS, probs[i][FINDINGS], strict=True)}
+                if grade is not None
+                else None
+            )
+            out.append(
+                LevelResult(
+                    level,
+                    level_kind(level),
+                    float(found.xy[i, 0]),
+                    float(found.xy[i, 1]),
+                    labels,
+                    conf,
+                    float(found.localisation[i]),
+                    float(found.agreement[i]),
+                    grade,
+                    grade_conf,
+                    findings,
+                )
+            )
         return out
 
 
@@ -238,8 +273,9 @@ def _int8_grader(grader: Grader, meta: dict, folder: Path) -> nn.Module:
             return model
         except Exception as exc:  # noqa: BLE001 - ranges of another network, a torch that traces differently:
             # slower, never wrong, and never a node that cannot start
-            log.warning("int8 grader unavailable, running fp32", model=str(folder),
-                        reason=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "int8 grader unavailable, running fp32", model=str(folder), reason=f"{type(exc).__name__}: {exc}"
+            )
     return for_inference(grader)
 
 
@@ -258,8 +294,11 @@ INT8_SCALE = ".int8_scale"  # suffix of the per-channel scale stored beside an i
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     """fp16 or int8 on disk (small files), fp32 in memory (CPU inference)."""
     raw = load_file(path)
-    return {k: v.float() * raw[k + INT8_SCALE] if k + INT8_SCALE in raw else v.float()
-            for k, v in raw.items() if not k.endswith(INT8_SCALE)}
+    return {
+        k: v.float() * raw[k + INT8_SCALE] if k + INT8_SCALE in raw else v.float()
+        for k, v in raw.items()
+        if not k.endswith(INT8_SCALE)
+    }
 
 
 def store_int8(path: Path) -> None:
@@ -293,14 +332,23 @@ def level_crops(img: torch.Tensor, xy: np.ndarray, jitter: dict | None = None, s
         centre = centre + rng.normal(0, jitter["shift"], (n, 2)) * spacing[:, None]
         if jitter.get("aspect"):
             aspect = torch.from_numpy(np.exp(rng.uniform(-1, 1, n) * np.log(jitter["aspect"]))).float()
-    return crop_patch(img.float(), torch.from_numpy(centre).float(), torch.from_numpy(axis).float(),
-                      torch.from_numpy(side).float(), size, aspect)
+    return crop_patch(
+        img.float(),
+        torch.from_numpy(centre).float(),
+        torch.from_numpy(axis).float(),
+        torch.from_numpy(side).float(),
+        size,
+        aspect,
+    )
 
 
 def grade_probs(logits: torch.Tensor) -> torch.Tensor:
     """Per head: softmax for the exclusive grades, sigmoid for yes/no findings."""
     parts = [logits[:, VERT].softmax(1), logits[:, DISC].softmax(1), logits[:, V5 : V5 + 1].sigmoid()]
     if logits.shape[1] == N_GRADES_BOTH:
-        parts += [logits[:, HERNIATION : BULGING + 1].sigmoid(), logits[:, PFIRRMANN].softmax(1),
-                  logits[:, FINDINGS].sigmoid()]
+        parts += [
+            logits[:, HERNIATION : BULGING + 1].sigmoid(),
+            logits[:, PFIRRMANN].softmax(1),
+            logits[:, FINDINGS].sigmoid(),
+        ]
     return torch.cat(parts, 1)

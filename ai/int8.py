@@ -9,6 +9,7 @@ model.json (`int8_activation_ranges`); here they rebuild the int8 grader without
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ def is_int8(net: nn.Module) -> bool:
     return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in net.modules())
 
 
-def prepare_observed(net: nn.Module, observer: type, example: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
+def prepare_observed(net: nn.Module, observer: Any, example: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     with warnings.catch_warnings():  # the torch.ao FX API warns that it is moving to torchao
         warnings.simplefilter("ignore")
         from torch.ao.quantization import QConfig, QConfigMapping

@@ -7,8 +7,9 @@ its thresholds tuned on out-of-fold predictions of both sets at once (`tune_join
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,8 +96,9 @@ def spider_loss(logits: torch.Tensor, t: dict[str, torch.Tensor], weights: dict[
     for name, col in (("disc_herniation", HERNIATION), ("disc_bulging", BULGING)):
         m = t[name] >= 0
         if m.any():
-            loss = loss + F.binary_cross_entropy_with_logits(logits[m, col], t[name][m].float(),
-                                                             pos_weight=weights[name])
+            loss = loss + F.binary_cross_entropy_with_logits(
+                logits[m, col], t[name][m].float(), pos_weight=weights[name]
+            )
     m = t["pfirrmann"] >= 0
     if m.any():
         loss = loss + F.cross_entropy(logits[m][:, PFIRRMANN], t["pfirrmann"][m], label_smoothing=0.05)
@@ -104,8 +106,9 @@ def spider_loss(logits: torch.Tensor, t: dict[str, torch.Tensor], weights: dict[
     for j, name in enumerate(SPIDER_FINDINGS):
         m = t[name] >= 0
         if m.any():
-            extra = extra + F.binary_cross_entropy_with_logits(logits[m, FINDINGS.start + j], t[name][m].float(),
-                                                               pos_weight=weights[name])
+            extra = extra + F.binary_cross_entropy_with_logits(
+                logits[m, FINDINGS.start + j], t[name][m].float(), pos_weight=weights[name]
+            )
     return loss + 0.5 * extra / len(SPIDER_FINDINGS)
 
 
@@ -115,7 +118,7 @@ def hospital_augment(crops: torch.Tensor, rng: np.random.Generator) -> torch.Ten
     out = crops.clamp(0, 1)
     gamma = torch.tensor(rng.uniform(0.7, 1.45, n), dtype=torch.float32).view(n, 1, 1, 1)
     gain = torch.tensor(rng.uniform(0.8, 1.2, n), dtype=torch.float32).view(n, 1, 1, 1)
-    out = out ** gamma * gain
+    out = out**gamma * gain
     low = rng.random(n) < 0.4
     if low.any():
         side = int(s * rng.uniform(0.45, 0.8))
@@ -129,6 +132,7 @@ def hospital_augment(crops: torch.Tensor, rng: np.random.Generator) -> torch.Ten
 
 # --- predictions of both sets and the decision tuned on them ------------------------------------------------------
 
+
 def spider_levels(probs: np.ndarray, decision: Decision) -> list[dict[str, Any]]:
     """The node's levels for one SPIDER slice from the grader's (11, K) probabilities, as the SPIDER metric reads
     them."""
@@ -136,18 +140,37 @@ def spider_levels(probs: np.ndarray, decision: Decision) -> list[dict[str, Any]]
     for i, level in enumerate(LEVELS):
         labels, _ = decision.labels(level, probs[i])
         grade = decision.pfirrmann(level, probs[i])
-        out.append({"level": level, "kind": "disc" if "-" in level else "vertebra", "labels": labels,
-                    "pfirrmann": grade[0] if grade else None})
+        out.append(
+            {
+                "level": level,
+                "kind": "disc" if "-" in level else "vertebra",
+                "labels": labels,
+                "pfirrmann": grade[0] if grade else None,
+            }
+        )
     return out
 
 
-def score_both(tianchi: tuple[Sequence[Any], Sequence[dict]], spider: tuple[Sequence[SpiderStudy], Sequence[dict]],
-               decision: Decision, fast: bool = False) -> dict[str, Any]:
+def score_both(
+    tianchi: tuple[Sequence[Any], Sequence[dict]],
+    spider: tuple[Sequence[SpiderStudy], Sequence[dict]],
+    decision: Decision,
+    fast: bool = False,
+) -> dict[str, Any]:
     """Both sets' figures under one decision (fast: without the single-label figure, for tuning loops)."""
     t = evaluate(results_for(*tianchi, decision), single_label_figure=not fast) if tianchi[0] else {}
     studies, preds = spider
-    s = spider_metrics(list(studies), {st.instance_uid: spider_levels(np.asarray(p["probs"]), decision)
-                                       for st, p in zip(studies, preds)}) if studies else {}
+    s = (
+        spider_metrics(
+            list(studies),
+            {
+                st.instance_uid: spider_levels(np.asarray(p["probs"]), decision)
+                for st, p in zip(studies, preds, strict=True)
+            },
+        )
+        if studies
+        else {}
+    )
     # both sets count their own studies: SPIDER's counts get its prefix, Tianchi's keep the plain names
     return {**t, **{(f"spider_{k}" if k in ("studies", "discs", "unnamed") else k): v for k, v in s.items()}}
 
@@ -174,8 +197,13 @@ RULE_GRID = {
 }
 
 
-def tune_joint(tianchi: tuple[Sequence[Any], Sequence[dict]], spider: tuple[Sequence[SpiderStudy], Sequence[dict]],
-               rounds: int = 3, floor: float = SPECIFICITY_FLOOR, log: Callable[[str], None] | None = None) -> Decision:
+def tune_joint(
+    tianchi: tuple[Sequence[Any], Sequence[dict]],
+    spider: tuple[Sequence[SpiderStudy], Sequence[dict]],
+    rounds: int = 3,
+    floor: float = SPECIFICITY_FLOOR,
+    log: Callable[[str], None] | None = None,
+) -> Decision:
     """Coordinate ascent over the disc rule, the vertebra bias and the Schmorl's threshold."""
     d = Decision(disc_rule=DiscRule())
     best = objective(score_both(tianchi, spider, d, fast=True), floor)
@@ -208,31 +236,46 @@ def tune_joint(tianchi: tuple[Sequence[Any], Sequence[dict]], spider: tuple[Sequ
 JOINT_KEYS = [*METRIC_KEYS, *SPIDER_METRIC_KEYS]
 
 
-def summarise_joint(items: Sequence[Any], oof: Sequence[dict], splits: Sequence[np.ndarray],
-                    spider: Sequence[SpiderItem], spider_oof: Sequence[dict],
-                    spider_splits: Sequence[np.ndarray]) -> dict[str, Any]:
+def summarise_joint(
+    items: Sequence[Any],
+    oof: Sequence[dict],
+    splits: Sequence[np.ndarray],
+    spider: Sequence[SpiderItem],
+    spider_oof: Sequence[dict],
+    spider_splits: Sequence[np.ndarray],
+) -> dict[str, Any]:
     """CV figures of both sets: fold k of each held out together, scored with a decision tuned on the other folds
     of both; then the pooled SPIDER figures (each slice read with its own fold's decision), per manufacturer."""
     studies = [it.study for it in spider]
     per_fold, own = [], {}
-    for val, sval in zip(splits, spider_splits):
+    for val, sval in zip(splits, spider_splits, strict=True):
         held, sheld = set(val), set(sval)
         others = [i for i in range(len(items)) if i not in held]
         sothers = [i for i in range(len(spider)) if i not in sheld]
-        d = tune_joint(([items[i] for i in others], [oof[i] for i in others]),
-                       ([studies[i] for i in sothers], [spider_oof[i] for i in sothers]))
-        m = score_both(([items[i] for i in val], [oof[i] for i in val]),
-                       ([studies[i] for i in sval], [spider_oof[i] for i in sval]), d)
+        d = tune_joint(
+            ([items[i] for i in others], [oof[i] for i in others]),
+            ([studies[i] for i in sothers], [spider_oof[i] for i in sothers]),
+        )
+        m = score_both(
+            ([items[i] for i in val], [oof[i] for i in val]),
+            ([studies[i] for i in sval], [spider_oof[i] for i in sval]),
+            d,
+        )
         m["decision"] = d.to_dict()
         per_fold.append(m)
         own.update({studies[i].instance_uid: spider_levels(np.asarray(spider_oof[i]["probs"]), d) for i in sval})
-    report: dict[str, Any] = {"per_fold": per_fold,
-                              "cv_mean": {k: round(float(np.mean([m[k] for m in per_fold])), 4) for k in JOINT_KEYS}}
+    report: dict[str, Any] = {
+        "per_fold": per_fold,
+        "cv_mean": {k: round(float(np.mean([m[k] for m in per_fold])), 4) for k in JOINT_KEYS},
+    }
     report["spider_pooled_nested"] = spider_metrics(studies, own)
     report["spider_per_manufacturer_nested"] = by_manufacturer(studies, own)
     final = tune_joint((items, oof), (studies, spider_oof))
     report["decision"] = final.to_dict()
     report["cv_pooled_tuned_in_sample"] = score_both((items, oof), (studies, spider_oof), final)
-    report["spider_slices"] = {"located": len(spider), "used": int(sum(it.use.any() for it in spider)),
-                               "discs_used": int(sum(it.use.sum() for it in spider))}
+    report["spider_slices"] = {
+        "located": len(spider),
+        "used": int(sum(it.use.any() for it in spider)),
+        "discs_used": int(sum(it.use.sum() for it in spider)),
+    }
     return report

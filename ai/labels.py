@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 LEVELS: tuple[str, ...] = (
-    "T12-L1", "L1", "L1-L2", "L2", "L2-L3", "L3", "L3-L4", "L4", "L4-L5", "L5", "L5-S1",
+    "T12-L1",
+    "L1",
+    "L1-L2",
+    "L2",
+    "L2-L3",
+    "L3",
+    "L3-L4",
+    "L4",
+    "L4-L5",
+    "L5",
+    "L5-S1",
 )
 LEVEL_INDEX = {name: i for i, name in enumerate(LEVELS)}
 
@@ -19,8 +29,13 @@ SCHMORL = "v5"
 
 # The challenge's seven scored columns: (kind, label).
 SCORED_CLASSES: tuple[tuple[str, str], ...] = (
-    ("disc", "v1"), ("disc", "v2"), ("disc", "v3"), ("disc", "v4"), ("disc", "v5"),
-    ("vertebra", "v1"), ("vertebra", "v2"),
+    ("disc", "v1"),
+    ("disc", "v2"),
+    ("disc", "v3"),
+    ("disc", "v4"),
+    ("disc", "v5"),
+    ("vertebra", "v1"),
+    ("vertebra", "v2"),
 )
 
 LABEL_TEXT = {

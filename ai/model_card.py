@@ -1,6 +1,6 @@
 """Renders the cross-validation tables of a training report (cv.json) as Markdown for the model card.
 
-    python -m ai.model_card ai/weights/default/cv.json
+python -m ai.model_card ai/weights/default/cv.json
 """
 
 from __future__ import annotations
@@ -26,14 +26,22 @@ def tables(report: dict) -> str:
     for i, m in enumerate(report["per_fold"], 1):
         out.append(f"| {i} | {m['studies']} | " + _row(m, KEYS) + " |")
     out.append("| **mean** | | " + " | ".join(f"**{report['cv_mean'].get(k, '–')}**" for k in KEYS) + " |")
-    out += ["", "Per-class F1 (each fold scored with biases tuned on the other folds' predictions):", "",
-            "| fold | " + " | ".join(CLASSES) + " |", "|" + " --- |" * (len(CLASSES) + 1)]
+    out += [
+        "",
+        "Per-class F1 (each fold scored with biases tuned on the other folds' predictions):",
+        "",
+        "| fold | " + " | ".join(CLASSES) + " |",
+        "|" + " --- |" * (len(CLASSES) + 1),
+    ]
     for i, m in enumerate(report["per_fold"], 1):
         out.append(f"| {i} | " + " | ".join(f"{m['per_class'][c]['f1']:.3f}" for c in CLASSES) + " |")
     pooled = report.get("cv_untuned_pooled")
     if pooled:
-        out += ["", f"Pooled out-of-fold, untuned decision (arg-max): macro-F1 {pooled['tianchi_macro_f1']}, "
-                f"within 6 mm {pooled['within_6mm']}, all 11 levels hit {pooled['all_levels_hit']}."]
+        out += [
+            "",
+            f"Pooled out-of-fold, untuned decision (arg-max): macro-F1 {pooled['tianchi_macro_f1']}, "
+            f"within 6 mm {pooled['within_6mm']}, all 11 levels hit {pooled['all_levels_hit']}.",
+        ]
     if "spider_pooled_nested" in report:
         out += ["", spider_tables(report)]
     return "\n".join(out)
@@ -42,16 +50,24 @@ def tables(report: dict) -> str:
 def spider_tables(report: dict) -> str:
     """SPIDER's held-out figures per fold (the same folds' decision as above), pooled, and per manufacturer."""
     keys = list(SPIDER_KEYS)
-    out = ["SPIDER held out (fold k of SPIDER held out with fold k of Tianchi; prefix `spider_` left out):", "",
-           "| fold | discs | " + " | ".join(SHORT[k] for k in keys) + " |", "|" + " --- |" * (len(keys) + 2)]
+    out = [
+        "SPIDER held out (fold k of SPIDER held out with fold k of Tianchi; prefix `spider_` left out):",
+        "",
+        "| fold | discs | " + " | ".join(SHORT[k] for k in keys) + " |",
+        "|" + " --- |" * (len(keys) + 2),
+    ]
     for i, m in enumerate(report["per_fold"], 1):
         out.append(f"| {i} | {m.get('spider_discs', '–')} | " + _row(m, keys) + " |")
     out.append("| **mean** | | " + " | ".join(f"**{report['cv_mean'].get(k, '–')}**" for k in keys) + " |")
     pooled = report["spider_pooled_nested"]
     out.append(f"| pooled | {pooled['discs']} | " + _row(pooled, keys) + " |")
-    out += ["", "Per scanner manufacturer (pooled, each slice read with its own fold's decision):", "",
-            "| manufacturer | slices | discs | " + " | ".join(SHORT[k] for k in keys) + " |",
-            "|" + " --- |" * (len(keys) + 3)]
+    out += [
+        "",
+        "Per scanner manufacturer (pooled, each slice read with its own fold's decision):",
+        "",
+        "| manufacturer | slices | discs | " + " | ".join(SHORT[k] for k in keys) + " |",
+        "|" + " --- |" * (len(keys) + 3),
+    ]
     for name, m in report.get("spider_per_manufacturer_nested", {}).items():
         out.append(f"| {name} | {m['studies']} | {m['discs']} | " + _row(m, keys) + " |")
     return "\n".join(out)

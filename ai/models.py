@@ -72,7 +72,7 @@ class LandmarkNet(nn.Module):
         f3 = self.s3(f2)
         f4 = self.s4(f3)
         p = self.lat[3](f4)
-        for lat, smooth, f in zip(self.lat[2::-1], self.smooth, (f3, f2, f1)):
+        for lat, smooth, f in zip(self.lat[2::-1], self.smooth, (f3, f2, f1), strict=True):
             p = smooth(lat(f) + F.interpolate(p, size=f.shape[-2:], mode="nearest"))
         return self.head(p)  # (N, 11, H/4, W/4) logits
 

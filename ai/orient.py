@@ -33,8 +33,15 @@ class Canonical:
         return not (self.transpose or self.flip_x or self.flip_y)
 
     def describe(self) -> str:
-        steps = [s for s, on in (("transposed", self.transpose), ("columns flipped", self.flip_x),
-                                 ("rows flipped", self.flip_y)) if on]
+        steps = [
+            s
+            for s, on in (
+                ("transposed", self.transpose),
+                ("columns flipped", self.flip_x),
+                ("rows flipped", self.flip_y),
+            )
+            if on
+        ]
         return ", ".join(steps) or "as stored"
 
     def image(self, pixels: np.ndarray) -> np.ndarray:

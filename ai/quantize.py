@@ -57,8 +57,13 @@ def calibrate_folder(folder: Path, items: list) -> int:
         if model.grader is None:
             raise ValueError(f"{target} has no grader to calibrate")
         size = int(model.meta.get("crop_size", 64))
-        batches = [(level_crops(torch.from_numpy(it.img01)[None], np.asarray(it.xy, np.float32), size=size),
-                    torch.arange(len(it.xy))) for it in chosen]
+        batches = [
+            (
+                level_crops(torch.from_numpy(it.img01)[None], np.asarray(it.xy, np.float32), size=size),
+                torch.arange(len(it.xy)),
+            )
+            for it in chosen
+        ]
         member = json.loads((target / "model.json").read_text())
         member[RANGES_KEY] = calibrate(model.grader, batches)
         (target / "model.json").write_text(json.dumps(member, indent=2) + "\n")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,9 @@ def offline_ultralytics(cache: Path | None = None) -> Any:
         import ultralytics
         from ultralytics.utils import SETTINGS
     except ImportError as exc:
-        raise RuntimeError("the seed model needs the optional 'seed' extra: pip install -e '.[seed]' "
-                           "(ultralytics, AGPL-3.0)") from exc
+        raise RuntimeError(
+            "the seed model needs the optional 'seed' extra: pip install -e '.[seed]' (ultralytics, AGPL-3.0)"
+        ) from exc
     SETTINGS.update({"sync": False})
     return ultralytics
 
@@ -69,8 +71,11 @@ def seed_boxes(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
     boxes = np.full((len(xy), 4), np.nan, np.float32)
     idx = np.flatnonzero(mask)
     for k, i in enumerate(idx):
-        gaps = [abs(xy[i, 1] - xy[j, 1]) for j in (idx[k - 1] if k else None, idx[k + 1] if k + 1 < len(idx)
-                                                   else None) if j is not None]
+        gaps = [
+            abs(xy[i, 1] - xy[j, 1])
+            for j in (idx[k - 1] if k else None, idx[k + 1] if k + 1 < len(idx) else None)
+            if j is not None
+        ]
         h = 2 * max(gaps) if gaps else 30.0
         w = BOX_ASPECT * h
         boxes[i] = (xy[i, 0] - w / 2, xy[i, 1] - h / 2, xy[i, 0] + w / 2, xy[i, 1] + h / 2)
@@ -99,7 +104,7 @@ def write_yolo_dataset(items: list[Any], folder: Path) -> Path:
     return data
 
 
-def train_detector(items: list[Any], epochs: int, seed: int, log: Callable[[str], None]) -> "SeedDetector":
+def train_detector(items: list[Any], epochs: int, seed: int, log: Callable[[str], None]) -> SeedDetector:
     ul = offline_ultralytics()
     with tempfile.TemporaryDirectory(prefix="seed-yolo-") as tmp:
         work = Path(tmp)
@@ -107,10 +112,30 @@ def train_detector(items: list[Any], epochs: int, seed: int, log: Callable[[str]
         yolo = ul.YOLO(str(model_yaml(work)), task="detect")
         # Report hyper-parameters (lr0 0.01, lrf 0.2, momentum 0.937, wd 5e-4, warm-up 3, mixup 0.2); no
         # left-right flips (anatomy has a front and a back), no validation pass (CV scores it instead).
-        yolo.train(data=str(data), epochs=epochs, imgsz=IMGSZ, batch=16, device="cpu", workers=0, seed=seed,
-                   lr0=0.01, lrf=0.2, momentum=0.937, weight_decay=5e-4, warmup_epochs=3, mixup=0.2, fliplr=0.0,
-                   val=False, plots=False, verbose=False, amp=False, project=str(work / "runs"), name="fit",
-                   exist_ok=True, optimizer="SGD")
+        yolo.train(
+            data=str(data),
+            epochs=epochs,
+            imgsz=IMGSZ,
+            batch=16,
+            device="cpu",
+            workers=0,
+            seed=seed,
+            lr0=0.01,
+            lrf=0.2,
+            momentum=0.937,
+            weight_decay=5e-4,
+            warmup_epochs=3,
+            mixup=0.2,
+            fliplr=0.0,
+            val=False,
+            plots=False,
+            verbose=False,
+            amp=False,
+            project=str(work / "runs"),
+            name="fit",
+            exist_ok=True,
+            optimizer="SGD",
+        )
         last = work / "runs" / "fit" / "weights" / "last.pt"
         trained = ul.YOLO(str(last), task="detect")
         state = {k: v.detach().float().clone() for k, v in trained.model.state_dict().items()}
@@ -125,7 +150,7 @@ class SeedDetector:
         self.yolo = yolo
 
     @classmethod
-    def build(cls, state: dict[str, torch.Tensor]) -> "SeedDetector":
+    def build(cls, state: dict[str, torch.Tensor]) -> SeedDetector:
         ul = offline_ultralytics()
         with tempfile.TemporaryDirectory() as tmp:
             yolo = ul.YOLO(str(model_yaml(Path(tmp))), task="detect")
@@ -137,11 +162,11 @@ class SeedDetector:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.yolo.model.state_dict()
 
-    def to(self, device: torch.device) -> "SeedDetector":
+    def to(self, device: torch.device) -> SeedDetector:
         self.device = device
         return self
 
-    def eval(self) -> "SeedDetector":
+    def eval(self) -> SeedDetector:
         return self
 
     def locate(self, img01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +178,9 @@ class SeedDetector:
         xy = np.full((len(LEVELS), 2), np.nan, np.float32)
         conf = np.zeros(len(LEVELS), np.float32)
         boxes = res.boxes
-        for b, c, s in zip(boxes.xyxy.cpu().numpy(), boxes.cls.cpu().numpy().astype(int), boxes.conf.cpu().numpy()):
+        for b, c, s in zip(
+            boxes.xyxy.cpu().numpy(), boxes.cls.cpu().numpy().astype(int), boxes.conf.cpu().numpy(), strict=True
+        ):
             if s > conf[c]:
                 conf[c] = s
                 xy[c] = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -23,13 +24,28 @@ HERNIATION = ("v3", "v4")
 BULGE = ("v2",)
 PFIRRMANN_GRADES = (1, 2, 3, 4, 5)
 # SPIDER's grades of one disc that the grader learns (the rest of labels.csv is read but not learnt).
-GRADE_FIELDS = ("disc_herniation", "disc_bulging", "pfirrmann", "modic", "up_endplate", "low_endplate",
-                "narrowing", "spondylolisthesis")
+GRADE_FIELDS = (
+    "disc_herniation",
+    "disc_bulging",
+    "pfirrmann",
+    "modic",
+    "up_endplate",
+    "low_endplate",
+    "narrowing",
+    "spondylolisthesis",
+)
 METRIC_KEYS = [
-    "spider_abnormal_sensitivity", "spider_abnormal_specificity", "spider_abnormal_balanced_accuracy",
-    "spider_herniation_sensitivity", "spider_herniation_specificity", "spider_herniation_balanced_accuracy",
-    "spider_bulging_sensitivity", "spider_bulging_specificity",
-    "spider_pfirrmann_accuracy", "spider_pfirrmann_within_one", "spider_pfirrmann_kappa",
+    "spider_abnormal_sensitivity",
+    "spider_abnormal_specificity",
+    "spider_abnormal_balanced_accuracy",
+    "spider_herniation_sensitivity",
+    "spider_herniation_specificity",
+    "spider_herniation_balanced_accuracy",
+    "spider_bulging_sensitivity",
+    "spider_bulging_specificity",
+    "spider_pfirrmann_accuracy",
+    "spider_pfirrmann_within_one",
+    "spider_pfirrmann_kappa",
 ]
 
 
@@ -82,14 +98,19 @@ def load_spider(data: Path) -> list[SpiderStudy]:
             st = studies.get(uid)
             if st is None:
                 path: Path | None = data / "images" / row["patient"] / f"{row['series']}.dcm"
-                if not path.is_file():
+                if path is None or not path.is_file():
                     if index is None:
                         from ai.data import index_instances
 
                         index = index_instances(data)
                     path = index.get(uid)
-                st = studies[uid] = SpiderStudy(row["patient"], row["study_uid"], uid, path,
-                                                spacing_flags=[s for s in row.get("spacing_flags", "").split(";") if s])
+                st = studies[uid] = SpiderStudy(
+                    row["patient"],
+                    row["study_uid"],
+                    uid,
+                    path,
+                    spacing_flags=[s for s in row.get("spacing_flags", "").split(";") if s],
+                )
             st.discs[row["level"]] = SpiderDisc(row["level"], {k: int(row[k]) for k in GRADE_FIELDS if row.get(k, "")})
     out = list(studies.values())
     read_manufacturers(out)

@@ -8,26 +8,27 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ai import joint
 from ai.calibrate import calibration_error, fit_temperatures
 from ai.data import Item, load_dataset, prepare
-from ai.spider import load_spider
 from ai.decide import Decision
 from ai.evaluate import METRIC_KEYS, evaluate, results_for
 from ai.imaging import INPUT_SIZE
 from ai.infer import Analyzer, Member, level_crops
-from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
-from ai import joint
 from ai.joint import SpiderItem, spider_targets
+from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
 from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, N_GRADES, N_GRADES_BOTH, V5, VERT, Grader, LandmarkNet
 from ai.quantize import calibrate_folder
+from ai.spider import load_spider
 
 Log = Callable[[str], None]
 
@@ -47,8 +48,13 @@ class Recipe:
     shift: float = 0.1  # landmark augmentation: largest shift in normalised coordinates (the input spans -1..1)
 
 
-def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator,
-             zoom: tuple[float, float] = (0.85, 1.2), shift: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def _augment(
+    x: torch.Tensor,
+    pts: torch.Tensor,
+    rng: np.random.Generator,
+    zoom: tuple[float, float] = (0.85, 1.2),
+    shift: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation/scale/shift (anatomy-preserving: no flips) and intensity gamma/contrast.
     pts in input pixels (N, 11, 2)."""
     n, _, s, _ = x.shape
@@ -57,11 +63,10 @@ def _augment(x: torch.Tensor, pts: torch.Tensor, rng: np.random.Generator,
     offset = rng.uniform(-shift, shift, (n, 2))
     cos, sin = np.cos(ang) / scale, np.sin(ang) / scale
     dev = x.device
-    a = torch.tensor(np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1), dtype=torch.float32,
-                     device=dev)
+    a = torch.tensor(np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1), dtype=torch.float32, device=dev)
     t = torch.tensor(offset, dtype=torch.float32, device=dev)
     theta = torch.cat([a, t[:, :, None]], 2)
-    grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
+    grid = F.affine_grid(theta, [n, 1, s, s], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     gamma = torch.tensor(rng.uniform(0.7, 1.4, n), dtype=torch.float32, device=dev).view(n, 1, 1, 1)
     gain = torch.tensor(rng.uniform(0.8, 1.2, n), dtype=torch.float32, device=dev).view(n, 1, 1, 1)
@@ -85,8 +90,9 @@ def _heatmap_loss(logits: torch.Tensor, pts: torch.Tensor, mask: torch.Tensor, s
     return (ce * m).sum() / m.sum().clamp_min(1)
 
 
-def train_landmarks(items: list[Item], epochs: int, seed: int, log: Log, recipe: Recipe = Recipe(),
-                    device: str = "cpu") -> LandmarkNet:
+def train_landmarks(
+    items: list[Item], epochs: int, seed: int, log: Log, recipe: Recipe = Recipe(), device: str = "cpu"
+) -> LandmarkNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = LandmarkNet(recipe.width).to(device)
@@ -137,11 +143,20 @@ def _grade_targets(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch
     return t(vert), t(disc), t(v5), present
 
 
-def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str = "resnet18",
-                 crop_size: int = CROP_SIZE, device: str = "cpu", spider: Sequence[SpiderItem] | None = None) -> Grader:
+def train_grader(
+    items: list[Item],
+    epochs: int,
+    seed: int,
+    log: Log,
+    arch: str = "resnet18",
+    crop_size: int = CROP_SIZE,
+    device: str = "cpu",
+    spider: Sequence[SpiderItem] | None = None,
+) -> Grader:
     """With spider, one backbone learns both sets: each step grades 6 Tianchi studies (all 11 levels) and the
     usable discs of about as many SPIDER slices, each set on its own heads, with crops augmented as another
     hospital's scanner would change them."""
+    spider = spider or []
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = Grader(arch, N_GRADES_BOTH if spider else N_GRADES).to(device)
@@ -169,7 +184,11 @@ def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str 
         t0 = time.time()
         for step, b in enumerate(range(0, len(order), 6)):  # 6 studies = 66 crops a step
             idx = order[b : b + 6]
-            crops, lv, tv, td, t5 = [], [], [], [], []
+            crops: list[torch.Tensor] = []
+            lv: list[torch.Tensor] = []
+            tv_parts: list[torch.Tensor] = []
+            td_parts: list[torch.Tensor] = []
+            t5_parts: list[torch.Tensor] = []
             for i in idx:
                 it = items[i]
                 xy = it.xy.copy()
@@ -182,7 +201,9 @@ def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str 
                     g = torch.tensor(rng.uniform(0.75, 1.35), dtype=torch.float32)
                     crops.append((c.clamp(0, 1) ** g) * float(rng.uniform(0.85, 1.15)))
                 lv.append(levels)
-                tv.append(vert[i]); td.append(disc[i]); t5.append(v5[i])  # noqa: E702
+                tv_parts.append(vert[i])
+                td_parts.append(disc[i])
+                t5_parts.append(v5[i])
             n_tianchi = sum(len(c) for c in crops)
             sp_t_step: dict[str, list[torch.Tensor]] = {name: [] for name in sp_t}
             for j in sp_order[step * sp_per_step : (step + 1) * sp_per_step]:
@@ -197,16 +218,18 @@ def train_grader(items: list[Item], epochs: int, seed: int, log: Log, arch: str 
                     sp_t_step[name].append(sp_t[name][j][rows])
             logits = net(torch.cat(crops).to(device), torch.cat(lv).to(device))
             tianchi, sp_logits = logits[:n_tianchi], logits[n_tianchi:]
-            tv, td, t5 = torch.cat(tv).to(device), torch.cat(td).to(device), torch.cat(t5).to(device)
+            tv, td, t5 = (torch.cat(p).to(device) for p in (tv_parts, td_parts, t5_parts))
             loss = logits.new_zeros(())
             if (tv >= 0).any():
                 loss = loss + F.cross_entropy(tianchi[tv >= 0][:, VERT], tv[tv >= 0], label_smoothing=0.05)
             if (td >= 0).any():
-                loss = loss + F.cross_entropy(tianchi[td >= 0][:, DISC], td[td >= 0], weight=disc_w,
-                                              label_smoothing=0.05)
+                loss = loss + F.cross_entropy(
+                    tianchi[td >= 0][:, DISC], td[td >= 0], weight=disc_w, label_smoothing=0.05
+                )
             if (t5 >= 0).any():
                 loss = loss + F.binary_cross_entropy_with_logits(
-                    tianchi[t5 >= 0][:, V5], t5[t5 >= 0].float(), pos_weight=pos_weight)
+                    tianchi[t5 >= 0][:, V5], t5[t5 >= 0].float(), pos_weight=pos_weight
+                )
             if len(sp_logits):
                 targets = {name: torch.cat(v).to(device) for name, v in sp_t_step.items()}
                 loss = loss + joint.spider_loss(sp_logits, targets, sp_w)
@@ -234,8 +257,7 @@ def predict(analyzer: Analyzer | Member, items: list[Item]) -> list[dict[str, An
     for it in items:
         xy, loc = analyzer.locate(it.img01)
         probs = analyzer.grade(it.img01, xy)
-        out.append({"study_uid": it.study.study_uid, "xy": xy.tolist(), "loc": loc.tolist(),
-                    "probs": probs.tolist()})
+        out.append({"study_uid": it.study.study_uid, "xy": xy.tolist(), "loc": loc.tolist(), "probs": probs.tolist()})
     return out
 
 
@@ -269,12 +291,23 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "cpu",
-        spider: Sequence[SpiderItem] | None = None, landmarks_from: Path | None = None) -> Member:
+def fit(
+    items: list[Item],
+    recipe: Recipe,
+    seed: int,
+    log: Log,
+    device: str = "cpu",
+    spider: Sequence[SpiderItem] | None = None,
+    landmarks_from: Path | None = None,
+) -> Member:
     """landmarks_from: a model folder whose landmark net is taken as it is (the same fold of an earlier run), so
     that graders of several seeds are cross-validated at the same held-out points without training it again."""
-    meta: dict[str, Any] = {"width": recipe.width, "input_size": recipe.input_size, "crop_size": recipe.crop_size,
-                            "grader_arch": recipe.grader_arch}
+    meta: dict[str, Any] = {
+        "width": recipe.width,
+        "input_size": recipe.input_size,
+        "crop_size": recipe.crop_size,
+        "grader_arch": recipe.grader_arch,
+    }
     lm: Any
     if landmarks_from is not None:
         source = Member.load(landmarks_from, device, fused=False)
@@ -296,12 +329,22 @@ def fit(items: list[Item], recipe: Recipe, seed: int, log: Log, device: str = "c
 
 def predict_spider(analyzer: Analyzer | Member, items: Sequence[SpiderItem]) -> list[dict[str, Any]]:
     """Held-out SPIDER probabilities, graded at the points the slices were located at (no coordinates to learn)."""
-    return [{"instance_uid": it.study.instance_uid, "xy": it.xy.tolist(),
-             "probs": analyzer.grade(it.img01, it.xy.astype(np.float32)).tolist()} for it in items]
+    return [
+        {
+            "instance_uid": it.study.instance_uid,
+            "xy": it.xy.tolist(),
+            "probs": analyzer.grade(it.img01, it.xy.astype(np.float32)).tolist(),
+        }
+        for it in items
+    ]
 
 
-def summarise(items: list[Item], oof: list[dict], splits: list[np.ndarray],
-              spider: tuple[Sequence[SpiderItem], list[dict], list[np.ndarray]] | None = None) -> dict[str, Any]:
+def summarise(
+    items: list[Item],
+    oof: list[dict],
+    splits: list[np.ndarray],
+    spider: tuple[Sequence[SpiderItem], list[dict], list[np.ndarray]] | None = None,
+) -> dict[str, Any]:
     """CV figures from out-of-fold predictions: each fold scored with a decision tuned on the other folds. With
     spider (items, out-of-fold predictions, folds), fold k of both sets is held out together and the decision is
     tuned on both (`ai.joint.tune_joint`)."""
@@ -339,13 +382,27 @@ def _calibration(items: list[Item], oof: list[dict], splits: list[np.ndarray]) -
         plain.append(calibration_error([studies[i] for i in val], [oof[i] for i in val]))
         scaled.append(calibration_error([studies[i] for i in val], [oof[i] for i in val], temps))
     mean = lambda per: {head: round(float(np.mean([f[head] for f in per])), 4) for head in per[0]}  # noqa: E731
-    return {"calibration_ece_oof_pooled": calibration_error(studies, oof), "calibration_ece_oof": mean(plain),
-            "calibration_ece_temperature_nested": mean(scaled)}
+    return {
+        "calibration_ece_oof_pooled": calibration_error(studies, oof),
+        "calibration_ece_oof": mean(plain),
+        "calibration_ece_temperature_nested": mean(scaled),
+    }
 
 
-def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5, seed: int = 0,
-        final: bool = True, log: Log = print, device: str = "cpu", spider_dir: Path | None = None,
-        spider_locator: str = "default", landmarks_from: Path | None = None, fold_seed: int = 0) -> dict[str, Any]:
+def run(
+    data_dir: Path,
+    out_dir: Path,
+    recipe: Recipe = Recipe(),
+    folds: int = 5,
+    seed: int = 0,
+    final: bool = True,
+    log: Log = print,
+    device: str = "cpu",
+    spider_dir: Path | None = None,
+    spider_locator: str = "default",
+    landmarks_from: Path | None = None,
+    fold_seed: int = 0,
+) -> dict[str, Any]:
     """The final fit comes first, so a run cut short still leaves a usable model; its decision rule is written
     once the folds have been scored. spider_dir: SPIDER's graded discs train the grader too, located by
     spider_locator (a model that never saw SPIDER). landmarks_from: an earlier run's folder (same data, folds and
@@ -360,8 +417,14 @@ def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5
     if spider_dir is not None:
         spider = joint.prepare_spider(load_spider(spider_dir), Analyzer.load(spider_locator, device))
         log(f"{len(spider)} SPIDER slices located, {sum(int(it.use.sum()) for it in spider)} discs used")
-    report: dict[str, Any] = {"folds": folds, "seed": seed, "fold_seed": fold_seed, "recipe": asdict(recipe),
-                              "device": device, "per_fold": []}
+    report: dict[str, Any] = {
+        "folds": folds,
+        "seed": seed,
+        "fold_seed": fold_seed,
+        "recipe": asdict(recipe),
+        "device": device,
+        "per_fold": [],
+    }
     if spider:
         report["spider"] = {"data": str(spider_dir), "locator": spider_locator}
     if landmarks_from:
@@ -377,18 +440,26 @@ def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5
     spider_oof: list[dict | None] = [None] * len(spider)
     # The folds do not follow the model's seed: members of an ensemble are cross-validated on the same studies.
     splits = folds_of(len(items), folds, fold_seed) if folds > 1 else []
-    spider_splits = (folds_of(len(spider), folds, fold_seed) if folds > 1 and spider
-                     else [np.zeros(0, int)] * len(splits))
-    for k, (val, sval) in enumerate(zip(splits, spider_splits)):
+    spider_splits = (
+        folds_of(len(spider), folds, fold_seed) if folds > 1 and spider else [np.zeros(0, int)] * len(splits)
+    )
+    for k, (val, sval) in enumerate(zip(splits, spider_splits, strict=True)):
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
         strain = [spider[i] for i in range(len(spider)) if i not in set(sval)]
-        model = fit(train, recipe, seed + k, log, device, strain or None,
-                    landmarks_from / f"fold{k + 1}" if landmarks_from else None)
+        model = fit(
+            train,
+            recipe,
+            seed + k,
+            log,
+            device,
+            strain or None,
+            landmarks_from / f"fold{k + 1}" if landmarks_from else None,
+        )
         model.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
-        for i, p in zip(val, predict(model, [items[i] for i in val])):
+        for i, p in zip(val, predict(model, [items[i] for i in val]), strict=True):
             oof[i] = p
-        for i, p in zip(sval, predict_spider(model, [spider[i] for i in sval])):
+        for i, p in zip(sval, predict_spider(model, [spider[i] for i in sval]), strict=True):
             spider_oof[i] = p
         log(f"fold {k + 1}/{folds} trained in {time.time() - t0:.0f}s")
         (out_dir / "oof.json").write_text(json.dumps([o for o in oof if o is not None]))
@@ -402,8 +473,14 @@ def run(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), folds: int = 5
             log(f"fold {k}: macro-F1 {m['tianchi_macro_f1']} within 6 mm {m['within_6mm']}{extra}")
     if final_model is not None:
         final_model.meta["decision"] = report.get("decision", Decision().to_dict())
-        final_model.save(out_dir, {"cv_mean": report.get("cv_mean"), "trained_on": len(items),
-                                   **({"spider_trained_on": len(spider)} if spider else {})})
+        final_model.save(
+            out_dir,
+            {
+                "cv_mean": report.get("cv_mean"),
+                "trained_on": len(items),
+                **({"spider_trained_on": len(spider)} if spider else {}),
+            },
+        )
         if final_model.grader is not None:
             calibrate_folder(out_dir, items)
     report["total_seconds"] = round(time.time() - t_start)

@@ -1,7 +1,7 @@
 """CPU time and peak memory per study for the shipped model (JSON). Uses the annotated slices in ../shared when
 present, else synthetic slices. `wall_s_per_study_*`: one slice analysed; `node_wall_s_per_study_*`: as the node
-does it for a series, the default number of candidate slices (3) located and the best one graded (train150 has one slice per study,
-so its slice stands in for all three).
+does it for a series, the default number of candidate slices (3) located and the best one graded (train150 has one
+slice per study, so its slice stands in for all three).
 
     .venv/bin/python benchmarks/inference.py [--model default] [--n 20] [--threads 2] [--unfused] [--fp32-graders]
 
@@ -71,18 +71,27 @@ def main() -> None:
         analyzer.grade_slice(max(found, key=lambda f: f.score))
         node.append(time.perf_counter() - w)
     pipeline = pipeline_times(analyzer, data)
-    print(json.dumps({
-        "model_version": analyzer.version, "studies": len(data), "threads": args.threads, "fused": not args.unfused,
-        "int8_graders": analyzer.int8_graders,
-        "source": "train150" if SHARED.is_dir() else "synthetic", "model_load_s": round(load_s, 3),
-        "wall_s_per_study_mean": round(float(np.mean(wall)), 4), "wall_s_per_study_p95": round(float(np.percentile(wall, 95)), 4),
-        "cpu_s_per_study_mean": round(float(np.mean(cpu)), 4),
-        "node_wall_s_per_study_mean": round(float(np.mean(node)), 4),
-        "node_wall_s_per_study_p95": round(float(np.percentile(node, 95)), 4),
-        "pipeline_wall_s_per_study_mean": round(float(np.mean(pipeline)), 4),
-        "pipeline_wall_s_per_study_p95": round(float(np.percentile(pipeline, 95)), 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "model_version": analyzer.version,
+                "studies": len(data),
+                "threads": args.threads,
+                "fused": not args.unfused,
+                "int8_graders": analyzer.int8_graders,
+                "source": "train150" if SHARED.is_dir() else "synthetic",
+                "model_load_s": round(load_s, 3),
+                "wall_s_per_study_mean": round(float(np.mean(wall)), 4),
+                "wall_s_per_study_p95": round(float(np.percentile(wall, 95)), 4),
+                "cpu_s_per_study_mean": round(float(np.mean(cpu)), 4),
+                "node_wall_s_per_study_mean": round(float(np.mean(node)), 4),
+                "node_wall_s_per_study_p95": round(float(np.percentile(node, 95)), 4),
+                "pipeline_wall_s_per_study_mean": round(float(np.mean(pipeline)), 4),
+                "pipeline_wall_s_per_study_p95": round(float(np.percentile(pipeline, 95)), 4),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 def pipeline_times(analyzer: Analyzer, data: list[tuple[np.ndarray, tuple[float, float]]]) -> list[float]:
@@ -97,8 +106,7 @@ def pipeline_times(analyzer: Analyzer, data: list[tuple[np.ndarray, tuple[float,
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, (pixels, spacing) in enumerate(data):
-            spec = SeriesSpec("T2_TSE_SAG", slices=5, rows=pixels.shape[0], cols=pixels.shape[1],
-                              pixel_spacing=spacing)
+            spec = SeriesSpec("T2_TSE_SAG", slices=5, rows=pixels.shape[0], cols=pixels.shape[1], pixel_spacing=spacing)
             study, series, paths = generate_uid(), generate_uid(), []
             for i in range(spec.slices):
                 path = Path(tmp) / f"{k}_{i}.dcm"

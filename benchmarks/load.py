@@ -3,6 +3,10 @@ series analysed by the real model while the others still arrive). Checks that no
 throughput and the node's peak memory. Prints JSON.
 
     .venv/bin/python benchmarks/load.py [--senders 8] [--n 500] [--size 256] [--fp32-graders]
+
+--compare: receiving only, the same files in one run, K concurrent associations into DCMTK storescp, Orthanc (its
+index and storage synced, as shipped), and the node as a receiver with 1 and with 2 receiver processes
+(`[node] receivers`, SO_REUSEPORT), fsync on; --repeat alternating rounds, medians reported.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dicomgen import SeriesSpec, write_series  # noqa: E402
-from peers import DCMTK_ENV, NodeProcess, free_port, write_config  # noqa: E402
+from peers import DCMTK_ENV, NodeProcess, Orthanc, free_port, write_config  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 
@@ -30,8 +35,81 @@ def make_study(folder: Path, n: int, size: int) -> None:
     """A sagittal T2 series of 15 slices plus axial slices up to n instances."""
     study = generate_uid()
     write_series(folder, SeriesSpec(slices=15, rows=size, cols=size, series_number=1), study)
-    write_series(folder, SeriesSpec(description="T2_TSE_TRA", plane="ax", slices=n - 15, rows=size, cols=size,
-                                    series_number=2), study)
+    write_series(
+        folder,
+        SeriesSpec(description="T2_TSE_TRA", plane="ax", slices=n - 15, rows=size, cols=size, series_number=2),
+        study,
+    )
+
+
+def send_all(port: int, folders: list[Path], aec: str = "DICOMNODE") -> tuple[int, float]:
+    """K storescu processes at once, one folder each: (instances acknowledged, seconds)."""
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-v", "-aec", aec, "--max-pdu", "131072", "+sd", "+r", "127.0.0.1", str(port), str(f)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=DCMTK_ENV,
+        )
+        for f in folders
+    ]
+    acked = sum(p.communicate(timeout=3600)[0].count("Received Store Response (Success)") for p in procs)
+    return acked, time.perf_counter() - t0
+
+
+def compare(folders: list[Path], work: Path, repeat: int) -> dict[str, object]:
+    total = sum(1 for f in folders for _ in f.rglob("*.dcm"))
+    rates: dict[str, list[float]] = {"storescp": [], "orthanc": [], "node_1_receiver": [], "node_2_receivers": []}
+
+    def timed(name: str, port: int, aec: str = "DICOMNODE") -> None:
+        acked, seconds = send_all(port, folders, aec)
+        if acked != total:
+            raise RuntimeError(f"{name}: {acked} of {total} acknowledged")
+        rates[name].append(acked / seconds)
+
+    for r in range(repeat):
+        run = work / f"round{r}"
+        port = free_port()
+        (run / "storescp").mkdir(parents=True)
+        scp = subprocess.Popen(
+            ["storescp", "--max-pdu", "131072", "-od", str(run / "storescp"), "-aet", "DICOMNODE", str(port)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            timed("storescp", port)
+        finally:
+            scp.terminate()
+            scp.wait(10)
+        pacs = Orthanc(run / "orthanc").start()
+        try:
+            timed("orthanc", pacs.dicom, pacs.aet)
+        finally:
+            pacs.stop()
+        for receivers, name in ((1, "node_1_receiver"), (2, "node_2_receivers")):
+            port = free_port()
+            node_cfg = {"role": "receiver", "receivers": receivers, "fsync": True, "max_associations": len(folders) + 4}
+            cfg = write_config(run / f"{name}.toml", run / name, port, node=node_cfg)
+            node = NodeProcess(cfg, run / f"{name}.log").start()
+            try:
+                time.sleep(1.0 if receivers > 1 else 0)  # the second receiver process starts after the first
+                timed(name, port)
+            finally:
+                node.stop()
+        shutil.rmtree(run, ignore_errors=True)
+    med = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    return {
+        "senders": len(folders),
+        "instances": total,
+        "fsync": True,
+        "img_s_median": med,
+        "img_s_per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+        "node_2_receivers_vs_orthanc": round(med["node_2_receivers"] / med["orthanc"], 2),
+    }
 
 
 def main() -> None:
@@ -40,7 +118,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--fp32-graders", action="store_true", help="the node grades in fp32 instead of int8")
+    ap.add_argument("--compare", action="store_true", help="receive only: storescp, Orthanc, node x1 and x2")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    if args.compare:
+        work = Path(tempfile.mkdtemp(prefix="dicomnode-compare-"))
+        try:
+            folders = [work / "src" / f"s{k}" for k in range(args.senders)]
+            for f in folders:
+                write_series(f, SeriesSpec(slices=args.n, rows=args.size, cols=args.size), generate_uid())
+            print(json.dumps(compare(folders, work, args.repeat), indent=2))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     work = Path(tempfile.mkdtemp(prefix="dicomnode-load-"))
     try:
         folders = []
@@ -48,10 +138,14 @@ def main() -> None:
             folders.append(work / f"study{k}")
             make_study(folders[-1], args.n, args.size)
         port = free_port()
-        cfg = write_config(work / "node.toml", work / "node", port,
-                           node={"max_pdu_size": 131072, "fsync": True, "max_associations": args.senders + 4},
-                           scheduler={"study_quiet_seconds": 5, "series_quiet_seconds": 3, "max_wait_seconds": 600},
-                           ai={"int8_graders": not args.fp32_graders})
+        cfg = write_config(
+            work / "node.toml",
+            work / "node",
+            port,
+            node={"max_pdu_size": 131072, "fsync": True, "max_associations": args.senders + 4},
+            scheduler={"study_quiet_seconds": 5, "series_quiet_seconds": 3, "max_wait_seconds": 600},
+            ai={"int8_graders": not args.fp32_graders},
+        )
         node = NodeProcess(cfg, work / "node.log").start()
         rss_samples: list[int] = []
         stop = threading.Event()
@@ -64,9 +158,28 @@ def main() -> None:
         threading.Thread(target=sample, daemon=True).start()
         try:
             t0 = time.perf_counter()
-            procs = [subprocess.Popen(["storescu", "-v", "-aec", "DICOMNODE", "--max-pdu", "131072", "+sd", "+r",
-                                       "127.0.0.1", str(port), str(f)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV) for f in folders]
+            procs = [
+                subprocess.Popen(
+                    [
+                        "storescu",
+                        "-v",
+                        "-aec",
+                        "DICOMNODE",
+                        "--max-pdu",
+                        "131072",
+                        "+sd",
+                        "+r",
+                        "127.0.0.1",
+                        str(port),
+                        str(f),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=DCMTK_ENV,
+                )
+                for f in folders
+            ]
             acked = [p.communicate(timeout=3600)[0].count("Received Store Response (Success)") for p in procs]
             receive_s = time.perf_counter() - t0
             db = work / "node" / "dicomnode.db"
@@ -88,15 +201,28 @@ def main() -> None:
             stop.set()
             node.stop()
         total = args.senders * args.n
-        print(json.dumps({
-            "senders": args.senders, "instances_per_sender": args.n, "matrix": args.size,
-            "int8_graders": not args.fp32_graders,
-            "acknowledged": sum(acked), "indexed": indexed, "files": files, "lost": total - min(indexed, files),
-            "receive_seconds": round(receive_s, 1), "throughput_img_s": round(sum(acked) / receive_s, 1),
-            "all_jobs_final_seconds": round(all_done_s, 1), "jobs": states,
-            "node_peak_rss_mb": round(peak / 2**20), "node_rss_max_sampled_mb": round(max(rss_samples) / 2**20),
-            "node_rss_after_receive_mb": round(rss_samples[-1] / 2**20) if rss_samples else None,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "senders": args.senders,
+                    "instances_per_sender": args.n,
+                    "matrix": args.size,
+                    "int8_graders": not args.fp32_graders,
+                    "acknowledged": sum(acked),
+                    "indexed": indexed,
+                    "files": files,
+                    "lost": total - min(indexed, files),
+                    "receive_seconds": round(receive_s, 1),
+                    "throughput_img_s": round(sum(acked) / receive_s, 1),
+                    "all_jobs_final_seconds": round(all_done_s, 1),
+                    "jobs": states,
+                    "node_peak_rss_mb": round(peak / 2**20),
+                    "node_rss_max_sampled_mb": round(max(rss_samples) / 2**20),
+                    "node_rss_after_receive_mb": round(rss_samples[-1] / 2**20) if rss_samples else None,
+                },
+                indent=2,
+            )
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,8 +29,25 @@ PDU = 131072
 
 def send(port: int, folder: Path, n: int) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(["storescu", "-v", "-aec", "DICOMNODE", "--max-pdu", str(PDU), "+sd", "+r", "127.0.0.1",
-                        str(port), str(folder)], capture_output=True, text=True, env=DCMTK_ENV, timeout=1800)
+    r = subprocess.run(
+        [
+            "storescu",
+            "-v",
+            "-aec",
+            "DICOMNODE",
+            "--max-pdu",
+            str(PDU),
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=1800,
+    )
     dt = time.perf_counter() - t0
     ok = (r.stdout + r.stderr).count("Received Store Response (Success)")
     if ok != n:
@@ -42,8 +59,12 @@ def bench_storescp(folder: Path, n: int, work: Path) -> float:
     out = work / "storescp"
     out.mkdir()
     port = free_port()
-    proc = subprocess.Popen(["storescp", "--max-pdu", str(PDU), "-od", str(out), "-aet", "DICOMNODE", str(port)],
-                            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["storescp", "--max-pdu", str(PDU), "-od", str(out), "-aet", "DICOMNODE", str(port)],
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
         return send(port, folder, n)
@@ -82,9 +103,12 @@ def main() -> None:
                 nodes.append(bench_node(src, args.n, run_dir))
                 shutil.rmtree(run_dir, ignore_errors=True)
             scp, node = statistics.median(scps), statistics.median(nodes)
-            result[str(size)] = {"storescp_img_s": round(scp, 1), "dicomnode_img_s": round(node, 1),
-                                 "ratio": round(node / scp, 3),
-                                 "ratios_per_run": [round(b / a, 3) for a, b in zip(scps, nodes)]}
+            result[str(size)] = {
+                "storescp_img_s": round(scp, 1),
+                "dicomnode_img_s": round(node, 1),
+                "ratio": round(node / scp, 3),
+                "ratios_per_run": [round(b / a, 3) for a, b in zip(scps, nodes, strict=True)],
+            }
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))

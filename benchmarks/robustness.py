@@ -23,11 +23,12 @@ import pydicom
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from variants import NAMES, write_variant  # noqa: E402
+
 from ai.data import load_dataset  # noqa: E402
 from ai.labels import LEVELS  # noqa: E402
 from ai.spider import load_spider  # noqa: E402
 from dicomnode.analyse import AnalysisError, analyse, get_analyzer  # noqa: E402
-from variants import NAMES, write_variant  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import desc, func, select, update
@@ -28,10 +29,10 @@ def _ago(t: float | None) -> str:
 
 
 def list_jobs(cfg: Config, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    path = cfg.data_path / "dicomnode.db"
-    if not path.exists():
+    target = cfg.database_target
+    if not db.is_url(target) and not Path(target).exists():
         return []
-    engine = db.open_db_readonly(path)
+    engine = db.open_db_readonly(target)
     q = select(db.jobs).order_by(desc(db.jobs.c.id)).limit(limit)
     if state:
         q = q.where(db.jobs.c.state == state)
@@ -41,14 +42,23 @@ def list_jobs(cfg: Config, state: str | None = None, limit: int = 50) -> list[di
     out = []
     for r in rows:
         dur = (r["finished"] - r["started"]) if r["finished"] and r["started"] else None
-        out.append({
-            "id": r["id"], "study_uid": r["study_uid"], "revision": r["revision"], "state": r["state"],
-            "reason_code": r["reason_code"], "reason": r["reason"], "created": r["created"],
-            "updated": r["updated"], "duration_s": round(dur, 3) if dur is not None else None,
-            "series_uid": r["series_uid"], "sop_instance_uid": r["sop_instance_uid"],
-            "model_version": r["model_version"],
-            "selection": json.loads(r["selection"]) if r["selection"] else None,
-        })
+        out.append(
+            {
+                "id": r["id"],
+                "study_uid": r["study_uid"],
+                "revision": r["revision"],
+                "state": r["state"],
+                "reason_code": r["reason_code"],
+                "reason": r["reason"],
+                "created": r["created"],
+                "updated": r["updated"],
+                "duration_s": round(dur, 3) if dur is not None else None,
+                "series_uid": r["series_uid"],
+                "sop_instance_uid": r["sop_instance_uid"],
+                "model_version": r["model_version"],
+                "selection": json.loads(r["selection"]) if r["selection"] else None,
+            }
+        )
     return out
 
 
@@ -57,36 +67,56 @@ def collect(cfg: Config) -> dict[str, Any]:
     service = heartbeat.read(data)
     disk_root = data if data.exists() else data.parent
     facts: dict[str, Any] = {
-        "service": {"up": service.get("up", False), "pid": service.get("pid") if service.get("up") else None,
-                    "since": service.get("started") if service.get("up") else None,
-                    "model_version": service.get("model")},
-        "ae_title": cfg.node.ae_title, "port": cfg.node.port if cfg.tls.plain else None,
-        "tls_port": cfg.tls.port or None, "data_dir": str(data),
+        "service": {
+            "up": service.get("up", False),
+            "pid": service.get("pid") if service.get("up") else None,
+            "since": service.get("started") if service.get("up") else None,
+            "model_version": service.get("model"),
+        },
+        "ae_title": cfg.node.ae_title,
+        "port": cfg.node.port if cfg.tls.plain else None,
+        "tls_port": cfg.tls.port or None,
+        "data_dir": str(data),
         "disk_free_bytes": shutil.disk_usage(disk_root).free,
         "min_free_bytes": cfg.node.min_free_bytes,
-        "instances": 0, "studies": 0, "jobs": {s.value: 0 for s in JobState},
-        "recent_jobs": [], "failures": [], "last_hour": {"instances": 0, "receive_rate_per_min": 0.0,
-                                                           "jobs_done": 0, "job_latency_s_mean": None},
+        "instances": 0,
+        "studies": 0,
+        "jobs": {s.value: 0 for s in JobState},
+        "nodes": [],
+        "recent_jobs": [],
+        "failures": [],
+        "last_hour": {"instances": 0, "receive_rate_per_min": 0.0, "jobs_done": 0, "job_latency_s_mean": None},
     }
-    path = data / "dicomnode.db"
-    if not path.exists():
+    target = cfg.database_target
+    if not db.is_url(target) and not Path(target).exists():
         return facts
-    engine = db.open_db_readonly(path)
+    engine = db.open_db_readonly(target)
     facts.update(db.counts(engine))
     hour = time.time() - 3600
     with engine.connect() as conn:
         n = conn.execute(select(func.count()).where(db.instances.c.received_at >= hour)).scalar_one()
-        done = conn.execute(select(db.jobs.c.started, db.jobs.c.finished).where(
-            db.jobs.c.state == JobState.DONE.value, db.jobs.c.finished >= hour)).all()
+        done = conn.execute(
+            select(db.jobs.c.started, db.jobs.c.finished).where(
+                db.jobs.c.state == JobState.DONE.value, db.jobs.c.finished >= hour
+            )
+        ).all()
         assoc = conn.execute(select(func.count()).where(db.associations.c.started >= hour)).scalar_one()
+        facts["nodes"] = db.list_nodes(conn, since=time.time() - 86400)
     engine.dispose()
     lat = [f - s for s, f in done if s and f]
-    facts["last_hour"] = {"instances": n, "receive_rate_per_min": round(n / 60, 2), "associations": assoc,
-                          "jobs_done": len(done), "job_latency_s_mean": round(sum(lat) / len(lat), 2) if lat else None}
+    facts["last_hour"] = {
+        "instances": n,
+        "receive_rate_per_min": round(n / 60, 2),
+        "associations": assoc,
+        "jobs_done": len(done),
+        "job_latency_s_mean": round(sum(lat) / len(lat), 2) if lat else None,
+    }
     jobs = list_jobs(cfg, limit=10)
     facts["recent_jobs"] = [{k: j[k] for k in ("id", "study_uid", "state", "duration_s", "updated")} for j in jobs]
-    facts["failures"] = [{k: j[k] for k in ("id", "study_uid", "state", "reason_code", "reason")}
-                         for j in list_jobs(cfg, state=JobState.FAILED.value, limit=10)]
+    facts["failures"] = [
+        {k: j[k] for k in ("id", "study_uid", "state", "reason_code", "reason")}
+        for j in list_jobs(cfg, state=JobState.FAILED.value, limit=10)
+    ]
     return facts
 
 
@@ -102,9 +132,18 @@ def render(f: dict[str, Any]) -> str:
         f"  stored {f['instances']} instances in {f['studies']} studies",
         f"  last hour: {f['last_hour']['instances']} instances, {f['last_hour']['jobs_done']} jobs done,"
         f" mean latency {f['last_hour']['job_latency_s_mean'] or '-'} s",
-        "  queue: " + "  ".join(f"{k} {v}" for k, v in f["jobs"].items() if v) if any(f["jobs"].values())
+        "  queue: " + "  ".join(f"{k} {v}" for k, v in f["jobs"].items() if v)
+        if any(f["jobs"].values())
         else "  queue: empty",
     ]
+    if f["nodes"]:
+        lines.append("  processes:")
+        for n in f["nodes"]:
+            state = "up" if n["up"] else ("stopped" if n["stopped"] else "GONE")
+            lines.append(
+                f"    {n['host']}:{n['pid']:<7} {n['role']:8s} {state:7s} v{n['version']}"
+                f"  heartbeat {_ago(n['heartbeat'])}  jobs running {n['jobs_running']}"
+            )
     if f["recent_jobs"]:
         lines.append("  recent jobs:")
         for j in f["recent_jobs"]:
@@ -129,7 +168,7 @@ def render_jobs(rows: list[dict[str, Any]]) -> str:
 
 
 def retry_job(cfg: Config, job_id: int) -> tuple[bool, str]:
-    engine = db.open_db(cfg.data_path / "dicomnode.db")
+    engine = db.open_db(cfg.database_target)
     with engine.begin() as conn:
         row = conn.execute(select(db.jobs.c.state).where(db.jobs.c.id == job_id)).first()
         if row is None:
@@ -137,20 +176,31 @@ def retry_job(cfg: Config, job_id: int) -> tuple[bool, str]:
         if row.state not in (JobState.FAILED.value, JobState.NO_INPUT.value):
             return False, f"job {job_id} is {row.state}; only failed or no_input jobs can be retried"
         conn.execute(update(db.sent_objects).where(db.sent_objects.c.job_id == job_id).values(status="superseded"))
-        db.set_job_state(conn, job_id, JobState.QUEUED, "retried by admin", reason_code=None, reason=None,
-                         finished=None, not_before=None)
+        db.set_job_state(
+            conn,
+            job_id,
+            JobState.QUEUED,
+            "retried by admin",
+            reason_code=None,
+            reason=None,
+            finished=None,
+            not_before=None,
+        )
     return True, f"job {job_id} queued again"
 
 
 def reprocess_study(cfg: Config, study_uid: str) -> tuple[bool, str]:
-    engine = db.open_db(cfg.data_path / "dicomnode.db")
+    engine = db.open_db(cfg.database_target)
     with engine.begin() as conn:
         rev = conn.execute(select(func.max(db.jobs.c.revision)).where(db.jobs.c.study_uid == study_uid)).scalar()
         known = conn.execute(select(db.studies.c.study_uid).where(db.studies.c.study_uid == study_uid)).first()
         if known is None:
             return False, f"no study {study_uid}"
-        active = conn.execute(select(db.jobs.c.id).where(
-            db.jobs.c.study_uid == study_uid, db.jobs.c.state.not_in([s.value for s in FINAL_STATES]))).first()
+        active = conn.execute(
+            select(db.jobs.c.id).where(
+                db.jobs.c.study_uid == study_uid, db.jobs.c.state.not_in([s.value for s in FINAL_STATES])
+            )
+        ).first()
         if active is not None:
             return False, f"study already has an unfinished job ({active.id})"
         job_id = db.new_job(conn, study_uid, (rev or 0) + 1, "reprocess requested by admin")

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 
 from ai.imaging import NotOneFrame, grey_frame, read_file
 from ai.infer import Analyzer
-from ai.results import LevelResult, numbering_uncertain
 from ai.orient import Canonical, OrientationError, canonical
+from ai.results import LevelResult, numbering_uncertain
 from dicomnode.config import AIConfig
 from dicomnode.selection import Header, Selection, SelectionRecord, select
 
@@ -47,17 +47,26 @@ class Analysis:
     frame: int | None = None  # the analysed frame of a multi-frame image (1-based)
 
     def decision(self) -> SelectionRecord:
-        return self.selection.record(chosen_slice=str(self.source.SOPInstanceUID), chosen_frame=self.frame,
-                                     slice_scores=self.slice_scores, orientation=self.orientation,
-                                     numbering_uncertain=numbering_uncertain(self.levels))
+        return self.selection.record(
+            chosen_slice=str(self.source.SOPInstanceUID),
+            chosen_frame=self.frame,
+            slice_scores=self.slice_scores,
+            orientation=self.orientation,
+            numbering_uncertain=numbering_uncertain(self.levels),
+        )
 
     def to_json(self) -> dict[str, Any]:
         decision = self.decision()
-        return {"study_uid": str(self.source.StudyInstanceUID), "series_uid": str(self.source.SeriesInstanceUID),
-                "sop_instance_uid": str(self.source.SOPInstanceUID), "frame": self.frame,
-                "model_version": self.model_version,
-                "levels": [lv.to_dict() for lv in self.levels], "selection": decision.to_dict(),
-                "numbering_uncertain": decision.numbering_uncertain}
+        return {
+            "study_uid": str(self.source.StudyInstanceUID),
+            "series_uid": str(self.source.SeriesInstanceUID),
+            "sop_instance_uid": str(self.source.SOPInstanceUID),
+            "frame": self.frame,
+            "model_version": self.model_version,
+            "levels": [lv.to_dict() for lv in self.levels],
+            "selection": decision.to_dict(),
+            "numbering_uncertain": decision.numbering_uncertain,
+        }
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,9 +95,11 @@ def load_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:
     try:
         return grey_frame(ds, frame)
     except NotOneFrame as exc:
-        raise AnalysisError("not_2d", str(exc))
+        raise AnalysisError("not_2d", str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - missing or undecodable pixel data
-        raise AnalysisError("unreadable_pixels", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"[:300])
+        raise AnalysisError(
+            "unreadable_pixels", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"[:300]
+        ) from exc
 
 
 def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.candidate_slices) -> Analysis:
@@ -110,7 +121,7 @@ def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.ca
         raise errors[0] if errors else AnalysisError("no_slice", "no candidate slice could be read")
     # one batch, each slice turned as the nets were trained: cheaper than one by one
     located = analyzer.locate_slices([turn.image(pixels) for _, _, pixels, turn in read])
-    scores = {h.key: round(found.score, 4) for (h, _, _, _), found in zip(read, located)}
+    scores = {h.key: round(found.score, 4) for (h, _, _, _), found in zip(read, located, strict=True)}
     best = max(range(len(read)), key=lambda i: located[i].score)  # the first of equals: the middle slice
     (h, ds, pixels, turn), found = read[best], located[best]
     levels = turn.levels_to_stored(analyzer.grade_slice(found), pixels.shape)
@@ -122,4 +133,4 @@ def orientation_of(h: Header) -> Canonical:
     try:
         return canonical(h.get("ImageOrientationPatient"))
     except OrientationError as exc:
-        raise AnalysisError("orientation", f"slice orientation cannot be read: {exc}"[:300])
+        raise AnalysisError("orientation", f"slice orientation cannot be read: {exc}"[:300]) from exc

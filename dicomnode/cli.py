@@ -9,8 +9,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dicomnode.config import ConfigError, load_config
 
@@ -24,6 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.service import Node
 
     cfg = _config(args)
+    if args.role:
+        cfg.node.role = args.role
     logs.setup()
     Node(cfg).run_forever()
     return 0
@@ -96,7 +99,9 @@ def analyze_path(path: Path, out: Path, ai: Any = None, output: Any = None, png:
     from dicomnode.report.outputs import write_outputs
 
     ai, output = ai or AIConfig(), output or OutputConfig()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    )
     if not files:
         return {"error": "no_input", "reason": f"no files under {path}", "levels": []}
     try:
@@ -112,20 +117,25 @@ def analyze_path(path: Path, out: Path, ai: Any = None, output: Any = None, png:
 def cmd_analyze(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from dicomnode.config import AIConfig, check_ai
+    from pydantic import ValidationError
+
+    from dicomnode.config import AIConfig, explain
 
     cfg = load_config(args.config) if args.config else None  # only when asked: a bare analyze stays reproducible
-    ai = dataclasses.replace(cfg.ai if cfg else AIConfig(), **{
-        k: v for k, v in (("model", args.model), ("device", args.device), ("candidate_slices", args.candidates))
-        if v is not None})
-    check_ai(ai)
+    flags = (("model", args.model), ("device", args.device), ("candidate_slices", args.candidates))
+    try:  # the flags are checked as the file's [ai] section is
+        ai = dataclasses.replace(cfg.ai if cfg else AIConfig(), **{k: v for k, v in flags if v is not None})
+    except ValidationError as exc:
+        raise explain(exc, "ai") from None
     result = analyze_path(Path(args.path), Path(args.out), ai, cfg.output if cfg else None, png=args.png)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         for lv in result.get("levels", []):
-            print(f"{lv['level']:7s} {lv['kind']:8s} ({lv['x']:.0f},{lv['y']:.0f}) {','.join(lv['labels'])}"
-                  f" p={lv['confidence']:.2f}")
+            print(
+                f"{lv['level']:7s} {lv['kind']:8s} ({lv['x']:.0f},{lv['y']:.0f}) {','.join(lv['labels'])}"
+                f" p={lv['confidence']:.2f}"
+            )
         if result.get("numbering_uncertain"):
             print("warning: the landmark nets disagree on which vertebra is which; check L1-L5 by counting")
         for f in result.get("files", []):
@@ -153,10 +163,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for k, v in report.get("per_class", {}).items():
             print(f"  F1 {k:12s} {v['f1']:.3f}  (tp {v['tp']}, fp {v['fp']}, fn {v['fn']})")
         for name, m in report.get("per_manufacturer", {}).items():
-            print(f"  {name}: {m['studies']} studies, abnormal balanced accuracy "
-                  f"{m['spider_abnormal_balanced_accuracy']}, "
-                  f"herniation sensitivity {m['spider_herniation_sensitivity']} / specificity "
-                  f"{m['spider_herniation_specificity']}, Pfirrmann exact {m['spider_pfirrmann_accuracy']}")
+            print(
+                f"  {name}: {m['studies']} studies, abnormal balanced accuracy "
+                f"{m['spider_abnormal_balanced_accuracy']}, "
+                f"herniation sensitivity {m['spider_herniation_sensitivity']} / specificity "
+                f"{m['spider_herniation_specificity']}, Pfirrmann exact {m['spider_pfirrmann_accuracy']}"
+            )
     return 0
 
 
@@ -164,14 +176,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ai.infer import pick_device
     from ai.train import Recipe, run
 
-    recipe = Recipe(lm_epochs=args.landmark_epochs, gr_epochs=args.grader_epochs, detector=args.detector,
-                    grader_arch=args.grader_arch, width=args.width, input_size=args.input_size,
-                    crop_size=args.crop_size, zoom=tuple(args.zoom), shift=args.shift)
-    report = run(Path(args.data), Path(args.out), recipe, folds=args.folds, seed=args.seed,
-                 final=not args.no_final, log=lambda m: print(m, file=sys.stderr, flush=True),
-                 device=str(pick_device(args.device)), spider_dir=Path(args.spider) if args.spider else None,
-                 spider_locator=args.spider_locator,
-                 landmarks_from=Path(args.landmarks_from) if args.landmarks_from else None)
+    recipe = Recipe(
+        lm_epochs=args.landmark_epochs,
+        gr_epochs=args.grader_epochs,
+        detector=args.detector,
+        grader_arch=args.grader_arch,
+        width=args.width,
+        input_size=args.input_size,
+        crop_size=args.crop_size,
+        zoom=tuple(args.zoom),
+        shift=args.shift,
+    )
+    report = run(
+        Path(args.data),
+        Path(args.out),
+        recipe,
+        folds=args.folds,
+        seed=args.seed,
+        final=not args.no_final,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        device=str(pick_device(args.device)),
+        spider_dir=Path(args.spider) if args.spider else None,
+        spider_locator=args.spider_locator,
+        landmarks_from=Path(args.landmarks_from) if args.landmarks_from else None,
+    )
     print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
     return 0
 
@@ -187,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    add("serve", cmd_serve, "run the node (SCP, scheduler, workers)")
+    sp = add("serve", cmd_serve, "run the node (SCP, scheduler, workers)")
+    sp.add_argument("--role", choices=("all", "receiver", "worker"), help="override [node] role")
     sp = add("status", cmd_status, "service, queue, recent jobs, disk; works while the service is stopped")
     sp.add_argument("--json", action="store_true")
     sp = add("echo", cmd_echo, "C-ECHO a peer", config=False)
@@ -208,47 +237,83 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--png", action="store_true", help="also write a preview PNG")
-    sp.add_argument("--config", help="TOML file: its [ai] and [output] settings, as the service would use them "
-                    "(default: the bundled defaults, whatever $DICOMNODE_CONFIG says)")
+    sp.add_argument(
+        "--config",
+        help="TOML file: its [ai] and [output] settings, as the service would use them "
+        "(default: the bundled defaults, whatever $DICOMNODE_CONFIG says)",
+    )
     sp.add_argument("--model", help="name under ai/weights or a folder (default: [ai] model, 'default')")
     sp.add_argument("--device", help="auto, cpu or cuda (default: [ai] device, 'auto')")
-    sp.add_argument("--candidates", type=int, help="middle slices located before the best is graded, 1-5 "
-                    "(default: [ai] candidate_slices, 3)")
-    sp = add("evaluate", cmd_evaluate, "score a model on annotated data (Tianchi's official metric, or SPIDER's "
-             "disc grades)", config=False)
-    sp.add_argument("--data", required=True,
-                    help="folder with *_annotation.json file(s) and the images, or one annotation file (Tianchi); "
-                    "or a folder with labels.csv and images/ (SPIDER's graded discs)")
+    sp.add_argument(
+        "--candidates",
+        type=int,
+        help="middle slices located before the best is graded, 1-5 (default: [ai] candidate_slices, 3)",
+    )
+    sp = add(
+        "evaluate",
+        cmd_evaluate,
+        "score a model on annotated data (Tianchi's official metric, or SPIDER's disc grades)",
+        config=False,
+    )
+    sp.add_argument(
+        "--data",
+        required=True,
+        help="folder with *_annotation.json file(s) and the images, or one annotation file (Tianchi); "
+        "or a folder with labels.csv and images/ (SPIDER's graded discs)",
+    )
     sp.add_argument("--model", default="default", help="name under ai/weights or a folder")
     sp.add_argument("--device", default="auto")
-    sp.add_argument("--fp32-graders", action="store_true",
-                    help="grade in fp32 on a CPU too (default: int8 where calibrated, as the node runs)")
+    sp.add_argument(
+        "--fp32-graders",
+        action="store_true",
+        help="grade in fp32 on a CPU too (default: int8 where calibrated, as the node runs)",
+    )
     sp.add_argument("--json", action="store_true")
     sp = add("train", cmd_train, "k-fold CV, then a final fit on all data", config=False)
     sp.add_argument("--data", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--folds", type=int, default=5)
     sp.add_argument("--landmark-epochs", type=int, default=45, help="epochs of the landmark net or YOLO detector")
-    sp.add_argument("--detector", choices=("heatmap", "yolo"), default="heatmap",
-                    help="heatmap = the default model; yolo = the seed report's detector (needs the seed extra)")
+    sp.add_argument(
+        "--detector",
+        choices=("heatmap", "yolo"),
+        default="heatmap",
+        help="heatmap = the default model; yolo = the seed report's detector (needs the seed extra)",
+    )
     sp.add_argument("--grader-arch", choices=("resnet18", "resnet50"), default="resnet18")
     sp.add_argument("--grader-epochs", type=int, default=15)
     sp.add_argument("--width", type=int, default=16, help="landmark net channels at stride 2")
     sp.add_argument("--input-size", type=int, default=256, help="landmark net input side, pixels")
     sp.add_argument("--crop-size", type=int, default=64, help="grader crop side, pixels")
-    sp.add_argument("--zoom", type=float, nargs=2, default=(0.85, 1.2), metavar=("LO", "HI"),
-                    help="landmark augmentation: zoom range (>1 zooms in)")
-    sp.add_argument("--shift", type=float, default=0.1,
-                    help="landmark augmentation: largest shift, normalised coordinates (the input spans -1..1)")
+    sp.add_argument(
+        "--zoom",
+        type=float,
+        nargs=2,
+        default=(0.85, 1.2),
+        metavar=("LO", "HI"),
+        help="landmark augmentation: zoom range (>1 zooms in)",
+    )
+    sp.add_argument(
+        "--shift",
+        type=float,
+        default=0.1,
+        help="landmark augmentation: largest shift, normalised coordinates (the input spans -1..1)",
+    )
     sp.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-final", action="store_true", help="skip the final fit on all data")
     sp.add_argument("--spider", help="SPIDER folder (labels.csv, images/): its graded discs train the grader too")
-    sp.add_argument("--spider-locator", default="default",
-                    help="model that locates SPIDER's discs (never one trained on SPIDER; default: the shipped one)")
-    sp.add_argument("--landmarks-from", metavar="RUN",
-                    help="reuse the final and fold landmark nets of an earlier run (same data, folds, seed) and train "
-                    "only the graders")
+    sp.add_argument(
+        "--spider-locator",
+        default="default",
+        help="model that locates SPIDER's discs (never one trained on SPIDER; default: the shipped one)",
+    )
+    sp.add_argument(
+        "--landmarks-from",
+        metavar="RUN",
+        help="reuse the final and fold landmark nets of an earlier run (same data, folds, seed) and train "
+        "only the graders",
+    )
     return p
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from dicomnode import logs, metrics
 from dicomnode.config import Config
@@ -33,18 +34,25 @@ class CompletionRule:
     def tick(self, now: float | None = None) -> None:
         now = now or time.time()
         sc = self.cfg.scheduler
-        with self.engine.connect() as conn:
-            latest = conn.execute(select(db.jobs.c.study_uid, func.max(db.jobs.c.id))
-                                  .group_by(db.jobs.c.study_uid)).all()
-            latest_ids = [i for _, i in latest]
-            jobs = {r.study_uid: r for r in conn.execute(select(db.jobs).where(db.jobs.c.id.in_(latest_ids)))}
-            studies = conn.execute(select(db.studies).where(db.studies.c.purged_at.is_(None))).all()
+        with self.engine.connect() as conn:  # only active studies, and only their jobs: indexed lookups
+            studies = conn.execute(select(db.studies).where(db.studies.c.active == 1)).all()
+            uids = [st.study_uid for st in studies]
+            jobs: dict[str, Any] = {}
+            for chunk in (uids[i : i + 500] for i in range(0, len(uids), 500)):
+                latest = (
+                    select(func.max(db.jobs.c.id)).where(db.jobs.c.study_uid.in_(chunk)).group_by(db.jobs.c.study_uid)
+                )
+                jobs.update((r.study_uid, r) for r in conn.execute(select(db.jobs).where(db.jobs.c.id.in_(latest))))
+        settled: list[dict[str, Any]] = []
         for st in studies:
             job = jobs.get(st.study_uid)
             quiet = now - st.last_received
             if job is None:
-                with self.engine.begin() as conn:
-                    db.new_job(conn, st.study_uid, 1, f"study arrived ({st.instances} instances)", JobState.WAITING)
+                try:
+                    with self.engine.begin() as conn:
+                        db.new_job(conn, st.study_uid, 1, f"study arrived ({st.instances} instances)", JobState.WAITING)
+                except IntegrityError:  # another worker's rule created it first (unique study, revision)
+                    pass
                 continue
             if job.state == JobState.WAITING.value:
                 why = None
@@ -56,11 +64,22 @@ class CompletionRule:
                     why = f"sagittal T2 series complete (quiet {quiet:.0f}s)"
                 if why:
                     with self.engine.begin() as conn:
-                        db.set_job_state(conn, job.id, JobState.QUEUED, why)
-            elif (job.state in FINAL_STATES and job.input_instances is not None
-                  and st.instances != job.input_instances and quiet >= sc.study_quiet_seconds):
-                self._maybe_new_revision(job, st)
-        for state, n in db.counts(self.engine)["jobs"].items():
+                        db.set_job_state(conn, job.id, JobState.QUEUED, why, only_from=JobState.WAITING)
+            elif job.state in FINAL_STATES:
+                if job.input_instances is None or st.instances == job.input_instances:
+                    settled.append({"uid": st.study_uid, "seen": st.instances})
+                elif quiet >= sc.study_quiet_seconds:
+                    self._maybe_new_revision(job, st)
+        if settled:  # nothing to look at until an instance arrives (the receive path sets active again); one that
+            # arrived since the read above keeps the study active (the instance count no longer matches)
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(db.studies)
+                    .where(db.studies.c.study_uid == bindparam("uid"), db.studies.c.instances == bindparam("seen"))
+                    .values(active=0),
+                    settled,
+                )
+        for state, n in db.open_job_counts(self.engine).items():
             metrics.JOBS.labels(state=state).set(n)
 
     def _series_complete(self, study_uid: str, instances: int) -> bool:
@@ -79,14 +98,22 @@ class CompletionRule:
             files = db.instance_paths(conn, self.store.root, st.study_uid)
         now_selected = select_series(files)
         before = SelectionRecord.from_json(job.selection)
-        with self.engine.begin() as conn:
-            if not before.changed_by(now_selected):
-                conn.execute(update(db.jobs).where(db.jobs.c.id == job.id).values(input_instances=st.instances))
-                added = st.instances - (job.input_instances or 0)
-                db.add_job_event(conn, job.id, job.state, f"{added} new instance(s) did not change the selected series")
-                return
-            revision = job.revision + 1
-            new_id = db.new_job(conn, st.study_uid, revision,
-                                f"new instances changed the selected series (revision {revision})")
-            db.add_job_event(conn, job.id, job.state, f"revision {revision} (job {new_id}) started")
+        try:
+            with self.engine.begin() as conn:
+                if not before.changed_by(now_selected):
+                    seen = update(db.jobs).where(
+                        db.jobs.c.id == job.id, db.jobs.c.input_instances == job.input_instances
+                    )
+                    if conn.execute(seen.values(input_instances=st.instances)).rowcount:  # not done by another rule
+                        added = st.instances - (job.input_instances or 0)
+                        why = f"{added} new instance(s) did not change the selected series"
+                        db.add_job_event(conn, job.id, job.state, why)
+                    return
+                revision = job.revision + 1
+                new_id = db.new_job(
+                    conn, st.study_uid, revision, f"new instances changed the selected series (revision {revision})"
+                )
+                db.add_job_event(conn, job.id, job.state, f"revision {revision} (job {new_id}) started")
+        except IntegrityError:  # another worker's rule made this revision first
+            return
         log.info("new job revision", study_uid=st.study_uid, job_id=new_id, revision=revision)

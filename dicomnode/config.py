@@ -1,193 +1,214 @@
-"""Configuration: one typed place, loaded from TOML, strict about unknown keys.
+"""Configuration: one typed place, loaded from TOML, strict about unknown keys and types.
 
-A mistyped key in a hospital config must stop the service before it starts, not be silently ignored.
+A mistyped key in a hospital config must stop the service before it starts, not be silently ignored. Each check
+sits on the field it checks (pydantic: ranges as field constraints, validators beside their fields); only checks
+that join two sections sit on `Config`. pydantic rather than hand-written coercion: its errors name the key, it
+validates a section built in code (`AIConfig(candidate_slices=9)`) as well as one read from the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "dicomnode.toml"
+STRICT = ConfigDict(extra="forbid")  # scalars are Strict* types: '11112' is not a port
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key."""
 
 
-@dataclass
+def _ae_title(value: str) -> str:
+    if not 1 <= len(value.strip()) <= 16:
+        raise ValueError("must be 1-16 characters")
+    return value
+
+
+@dataclass(config=STRICT)
 class NodeConfig:
-    ae_title: str = "DICOMNODE"
-    host: str = "0.0.0.0"
-    port: int = 11112
-    data_dir: str = "var"
-    min_free_bytes: int = 1_000_000_000
-    fsync: bool = True
-    max_associations: int = 16
-    max_pdu_size: int = 131072
-    network_timeout: int = 60
-    metrics_port: int = 0
-    retention_days: float = 30
-    purge_free_bytes: int = 5_000_000_000
-    results_retention_days: float = 30
-    history_retention_days: float = 365
+    # all: receive and work; receiver: the SCP only; worker: completion rule, jobs and sending only (stable contract)
+    role: Literal["all", "receiver", "worker"] = "all"
+    receivers: StrictInt = Field(default=1, ge=1, le=64)  # receiver processes on node.port (SO_REUSEPORT; stable)
+    ae_title: StrictStr = "DICOMNODE"
+    host: StrictStr = "0.0.0.0"
+    port: StrictInt = Field(default=11112, gt=0, lt=65536)
+    data_dir: StrictStr = "var"
+    min_free_bytes: StrictInt = Field(default=1_000_000_000, ge=0)
+    fsync: StrictBool = True
+    max_associations: StrictInt = Field(default=16, ge=1)
+    max_pdu_size: StrictInt = Field(default=131072, ge=0)
+    network_timeout: StrictInt = Field(default=60, ge=1)
+    metrics_port: StrictInt = Field(default=0, ge=0, lt=65536)
+    retention_days: StrictFloat = Field(default=30, ge=0)
+    purge_free_bytes: StrictInt = Field(default=5_000_000_000, ge=0)
+    results_retention_days: StrictFloat = Field(default=30, ge=0)
+    history_retention_days: StrictFloat = Field(default=365, ge=0)
+
+    _check_ae_title = field_validator("ae_title")(_ae_title)
 
 
-@dataclass
+@dataclass(config=STRICT)
 class SecurityConfig:
-    allowed_callers: list[str] = field(default_factory=list)
+    allowed_callers: list[StrictStr] = field(default_factory=list)
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _callers(cls, value: list[str]) -> list[str]:
+        for caller in value:
+            if not 1 <= len(caller.split("@", 1)[0]) <= 16:
+                raise ValueError(f"bad entry {caller!r} (use 'AE' or 'AE@IP')")
+        return value
 
 
-@dataclass
+@dataclass(config=STRICT)
 class TLSConfig:
     """DICOM TLS (PS3.15 B.9, BCP 195): a second listener, and the client side for destinations with tls."""
 
-    port: int = 0  # 0 = no TLS listener
-    certificate: str = ""  # PEM, ours (server and client); chain allowed
-    private_key: str = ""  # PEM, unencrypted; readable by the service user only
-    ca_certificates: str = ""  # PEM bundle of the CAs whose peers we trust
-    require_client_certificate: bool = True
-    plain: bool = True  # keep the unencrypted node.port listener
+    port: StrictInt = Field(default=0, ge=0, lt=65536)  # 0 = no TLS listener
+    certificate: StrictStr = ""  # PEM, ours (server and client); chain allowed
+    private_key: StrictStr = ""  # PEM, unencrypted; readable by the service user only
+    ca_certificates: StrictStr = ""  # PEM bundle of the CAs whose peers we trust
+    require_client_certificate: StrictBool = True
+    plain: StrictBool = True  # keep the unencrypted node.port listener
+
+    @field_validator("certificate", "private_key", "ca_certificates")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _listens(self) -> TLSConfig:
+        if not self.plain and not self.port:
+            raise ValueError("tls.plain = false needs tls.port (otherwise nothing listens)")
+        return self
 
 
-@dataclass
+@dataclass(config=STRICT)
 class SchedulerConfig:
-    study_quiet_seconds: float = 60
-    series_quiet_seconds: float = 15
-    max_wait_seconds: float = 900
-    poll_seconds: float = 2
-    workers: int = 1
+    study_quiet_seconds: StrictFloat = Field(default=60, ge=0)
+    series_quiet_seconds: StrictFloat = Field(default=15, ge=0)
+    max_wait_seconds: StrictFloat = Field(default=900, ge=0)
+    poll_seconds: StrictFloat = Field(default=2, gt=0)
+    workers: StrictInt = Field(default=1, ge=1)
+    lease_seconds: StrictFloat = Field(default=30, ge=3)  # a job's worker renews its lease; expired, another takes it
 
 
-@dataclass
+@dataclass(config=STRICT)
 class AIConfig:
-    model: str = "default"
-    device: str = "auto"
-    candidate_slices: int = 3  # middle slices located per series; the best localised one is graded
-    int8_graders: bool = True  # on a CPU, graders with measured activation ranges run in int8 (model card)
+    model: StrictStr = "default"
+    device: StrictStr = "auto"
+    # middle slices located per series; the best localised one is graded
+    candidate_slices: StrictInt = Field(default=3, ge=1, le=5)
+    int8_graders: StrictBool = True  # on a CPU, graders with measured activation ranges run in int8 (model card)
 
 
-@dataclass
+@dataclass(config=STRICT)
 class OutputConfig:
-    gsps: bool = True
-    sr: bool = True
-    secondary_capture: bool = False
-    show_normal_levels: bool = True
-    send_retries: int = 5
-    retry_backoff_seconds: float = 10
+    gsps: StrictBool = True
+    sr: StrictBool = True
+    secondary_capture: StrictBool = False
+    show_normal_levels: StrictBool = True
+    send_retries: StrictInt = Field(default=5, ge=0)
+    retry_backoff_seconds: StrictFloat = Field(default=10, ge=0)
 
 
-@dataclass
+@dataclass(config=STRICT)
 class Destination:
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False
+    name: StrictStr
+    ae_title: StrictStr
+    host: StrictStr
+    port: StrictInt = Field(gt=0, lt=65536)
+    tls: StrictBool = False
+
+    _check_ae_title = field_validator("ae_title")(_ae_title)
 
 
-@dataclass
+@dataclass(config=STRICT)
+class DatabaseConfig:
+    # "" = the SQLite file data_dir/dicomnode.db (one machine); postgresql+psycopg://user@host:port/db is shared by
+    # every process of a deployment (stable contract)
+    url: StrictStr = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql+psycopg://", "sqlite:///")):
+            raise ValueError("use postgresql+psycopg://user@host:port/db (or leave empty for the SQLite file)")
+        return value
+
+
+@dataclass(config=STRICT)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ai: AIConfig = field(default_factory=AIConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     destinations: list[Destination] = field(default_factory=list)
-    source: str = ""
+    source: str = field(default="", init=False, compare=False)  # the file it was read from
 
     @property
     def data_path(self) -> Path:
         return Path(self.node.data_dir).resolve()
 
+    @property
+    def database_target(self) -> Path | str:
+        """What `storage.db.open_db` opens: the configured URL, else the SQLite file under data_dir."""
+        return self.database.url or self.data_path / "dicomnode.db"
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(names))})")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        values[key] = _coerce(hints[key], value, f"{where}.{key}")
-    try:
-        return cls(**values)
-    except TypeError as exc:  # a required key is missing
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = getattr(hint, "__origin__", None)
-    if origin is list:
-        (item,) = hint.__args__
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list")
-        if dataclasses.is_dataclass(item):
-            return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+    @model_validator(mode="after")
+    def _across_sections(self) -> Config:
+        tls = self.tls
+        if tls.port and tls.port == self.node.port:
+            raise ValueError("tls.port: must differ from node.port")
+        if tls.port or any(d.tls for d in self.destinations):
+            for key in ("certificate", "private_key", "ca_certificates"):
+                if not getattr(tls, key):
+                    raise ValueError(f"tls.{key}: required when tls.port is set or a destination uses tls")
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("destinations: names must be unique")
+        return self
 
 
-def _validate(cfg: Config) -> None:
-    if not 1 <= len(cfg.node.ae_title.strip()) <= 16:
-        raise ConfigError("node.ae_title: must be 1-16 characters")
-    if not 0 < cfg.node.port < 65536:
-        raise ConfigError("node.port: must be 1-65535")
-    for caller in cfg.security.allowed_callers:
-        ae = caller.split("@", 1)[0]
-        if not 1 <= len(ae) <= 16:
-            raise ConfigError(f"security.allowed_callers: bad entry {caller!r} (use 'AE' or 'AE@IP')")
-    tls = cfg.tls
-    if tls.port and not 0 < tls.port < 65536:
-        raise ConfigError("tls.port: must be 0 (off) or 1-65535")
-    if tls.port and tls.port == cfg.node.port:
-        raise ConfigError("tls.port: must differ from node.port")
-    if not tls.plain and not tls.port:
-        raise ConfigError("tls.plain = false needs tls.port (otherwise nothing listens)")
-    needs_tls = bool(tls.port) or any(d.tls for d in cfg.destinations)
-    for key in ("certificate", "private_key", "ca_certificates"):
-        value = getattr(tls, key)
-        if needs_tls and not value:
-            raise ConfigError(f"tls.{key}: required when tls.port is set or a destination uses tls")
-        if value and not Path(value).is_file():
-            raise ConfigError(f"tls.{key}: file not found: {value}")
-    names = [d.name for d in cfg.destinations]
-    if len(set(names)) != len(names):
-        raise ConfigError("destinations: names must be unique")
-    if cfg.scheduler.workers < 1:
-        raise ConfigError("scheduler.workers: must be at least 1")
-    check_ai(cfg.ai)
+def _where(loc: tuple[Any, ...], section: str) -> str:
+    out = section
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
 
 
-def check_ai(ai: AIConfig) -> None:
-    """Also called for `dicomnode analyze`, whose flags override the file."""
-    if not 1 <= ai.candidate_slices <= 5:
-        raise ConfigError(f"ai.candidate_slices: must be 1-5, got {ai.candidate_slices}")
+def explain(exc: ValidationError, section: str = "config") -> ConfigError:
+    """The first problem, as 'config.node.port: Input should be ...' (or 'unknown config key ...'); section: where
+    the checked values sit ("ai" for `dicomnode analyze`'s flags)."""
+    err = exc.errors()[0]
+    where = _where(err["loc"], section)
+    if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        return ConfigError(f"unknown config key {where}")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return ConfigError(f"{where}: {msg}" if err["loc"] else msg)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -200,7 +221,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"config file not found: {chosen}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{chosen}: {exc}") from None
-    cfg = _build(Config, raw, "config")
+    try:
+        cfg = TypeAdapter(Config).validate_python(raw)
+    except ValidationError as exc:
+        raise explain(exc) from None
     cfg.source = str(chosen)
-    _validate(cfg)
     return cfg

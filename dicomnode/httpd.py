@@ -16,7 +16,7 @@ def serve_metrics(port: int, node: Any) -> ThreadingHTTPServer:
             if self.path == "/metrics":
                 body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
             elif self.path == "/healthz":
-                ok = node.scp.server is not None and not node.stopping.is_set()
+                ok = (node.scp is None or node.scp.server is not None) and not node.stopping.is_set()
                 body = json.dumps({"ok": ok, "model_version": getattr(node.scheduler, "model_version", None)}).encode()
                 ctype, code = "application/json", 200 if ok else 503
             else:

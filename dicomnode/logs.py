@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-PHI_KEYS = frozenset({"patient_name", "patient_id", "patient_birth_date", "PatientName", "PatientID",
-                      "PatientBirthDate", "name", "birth_date"})
+PHI_KEYS = frozenset(
+    {
+        "patient_name",
+        "patient_id",
+        "patient_birth_date",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "name",
+        "birth_date",
+    }
+)
 
 
-def scrub(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def scrub(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in PHI_KEYS & event_dict.keys():
         event_dict[key] = "<removed>"
     return event_dict

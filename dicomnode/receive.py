@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -15,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 
 from dicomnode import logs, metrics
 from dicomnode.config import Config
+from dicomnode.scu import VERIFICATION
 from storage import db
 from storage.filemeta import file_meta
 from storage.filestore import FileStore, read_uids
@@ -86,6 +87,17 @@ def limit_received_pdus(max_pdu_size: int) -> None:
     AssociationSocket.recv = _bounded_recv  # type: ignore[method-assign]
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """With `[node] receivers` > 1 every receiver process binds the same port (SO_REUSEPORT): the kernel spreads
+    the incoming associations over them. Never set otherwise, so that a second node started by mistake on the same
+    port fails to start instead of taking half the traffic."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class TLSAssociationServer(ThreadedAssociationServer):
     """pynetdicom does the TLS handshake in the accept loop without a timeout, so one caller that connects and
     stays silent blocks every other caller. Here it runs in the association's own thread, time-limited."""
@@ -100,8 +112,9 @@ class TLSAssociationServer(ThreadedAssociationServer):
             request.settimeout(None)
         except (OSError, ValueError) as exc:
             metrics.ASSOCIATIONS.labels(outcome="tls_failed").inc()
-            log.warning("tls handshake failed", address=client_address[0], reason=type(exc).__name__,
-                        detail=str(exc)[:200])
+            log.warning(
+                "tls handshake failed", address=client_address[0], reason=type(exc).__name__, detail=str(exc)[:200]
+            )
             self.shutdown_request(request)
             return
         super().process_request_thread(request, client_address)
@@ -116,7 +129,7 @@ class StoreSCP:
         self.store = store
         self._assocs: dict[int, AssocStats] = {}
         self._lock = threading.Lock()
-        self._conns: queue.LifoQueue[Any] = queue.LifoQueue()  # sqlite3 connections reused across instances
+        self._conns: queue.LifoQueue[Any] = queue.LifoQueue()  # DB-API connections reused across instances
         self.servers: list[Any] = []
         self.ae = self._build_ae()
 
@@ -126,7 +139,7 @@ class StoreSCP:
         # Storage needs no supported contexts: with UNRESTRICTED_STORAGE_SERVICE pynetdicom accepts every
         # storage (and private) SOP class in the first transfer syntax proposed, and we store bytes as sent.
         # Listing ~160 classes x 45 syntaxes instead cost ~150 ms per association (deep-copied each time).
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
+        ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES[:4])
         ae.maximum_pdu_size = node.max_pdu_size
         limit_received_pdus(node.max_pdu_size)
         ae.maximum_associations = node.max_associations
@@ -137,7 +150,7 @@ class StoreSCP:
         return ae
 
     @property
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[Any]:  # (event, handler) pairs
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
@@ -155,14 +168,24 @@ class StoreSCP:
         """The plain listener and/or the TLS one; both share the AE, its handlers and its association limit."""
         node, tls = self.cfg.node, self.cfg.tls
         if tls.plain:
-            self.servers.append(self.ae.start_server((node.host, node.port), block=False,
-                                                     evt_handlers=self.handlers))
+            if node.receivers > 1:
+                shared = self.ae.make_server(
+                    (node.host, node.port), evt_handlers=self.handlers, server_class=SharedPortServer
+                )
+                threading.Thread(target=shared.serve_forever, name="acceptor", daemon=True).start()
+                self.servers.append(shared)
+            else:
+                self.servers.append(
+                    self.ae.start_server((node.host, node.port), block=False, evt_handlers=self.handlers)
+                )
             log.info("listening", ae_title=node.ae_title, host=node.host, port=node.port, tls=False)
         if tls.port:
             from dicomnode.tls import server_context
 
-            server = self.ae.make_server((node.host, tls.port), evt_handlers=self.handlers,
-                                         server_class=TLSAssociationServer)
+            server = self.ae.make_server(
+                (node.host, tls.port), evt_handlers=self.handlers, server_class=TLSAssociationServer
+            )
+            assert isinstance(server, TLSAssociationServer)
             server.tls_context = server_context(tls)
             server.handshake_timeout = float(node.network_timeout)
             threading.Thread(target=server.serve_forever, name="tls-acceptor", daemon=True).start()
@@ -187,9 +210,18 @@ class StoreSCP:
     def on_accepted(self, event: Any) -> None:
         req = event.assoc.requestor
         with self.engine.begin() as conn:
-            row_id = conn.execute(insert(db.associations).values(
-                calling_ae=req.ae_title.strip(), called_ae=event.assoc.acceptor.ae_title.strip(),
-                address=req.address, port=req.port, started=time.time(), outcome="open")).inserted_primary_key[0]
+            row_id = conn.execute(
+                insert(db.associations)
+                .values(
+                    calling_ae=req.ae_title.strip(),
+                    called_ae=event.assoc.acceptor.ae_title.strip(),
+                    address=req.address,
+                    port=req.port,
+                    started=time.time(),
+                    outcome="open",
+                )
+                .returning(db.associations.c.id)
+            ).scalar_one()
         with self._lock:
             self._assocs[id(event.assoc)] = AssocStats(row_id, time.time())
 
@@ -208,20 +240,47 @@ class StoreSCP:
         outcome = "aborted" if aborted else "released"
         duration = time.time() - stats.started
         with self.engine.begin() as conn:
-            conn.execute(update(db.associations).where(db.associations.c.id == stats.row_id).values(
-                ended=time.time(), instances=stats.instances, bytes=stats.bytes, outcome=outcome,
-                detail=f"{stats.failures} failed stores" if stats.failures else None))
+            conn.execute(
+                update(db.associations)
+                .where(db.associations.c.id == stats.row_id)
+                .values(
+                    ended=time.time(),
+                    instances=stats.instances,
+                    bytes=stats.bytes,
+                    outcome=outcome,
+                    detail=f"{stats.failures} failed stores" if stats.failures else None,
+                )
+            )
         metrics.ASSOCIATIONS.labels(outcome=outcome).inc()
-        log.info("association closed", association_id=stats.row_id, calling_ae=req.ae_title.strip(),
-                 address=req.address, instances=stats.instances, bytes=stats.bytes, failures=stats.failures,
-                 duration_s=round(duration, 3), outcome=outcome)
+        log.info(
+            "association closed",
+            association_id=stats.row_id,
+            calling_ae=req.ae_title.strip(),
+            address=req.address,
+            instances=stats.instances,
+            bytes=stats.bytes,
+            failures=stats.failures,
+            duration_s=round(duration, 3),
+            outcome=outcome,
+        )
 
     def _record_closed_assoc(self, calling: str, address: str, port: int, outcome: str, detail: str) -> None:
         now = time.time()
         with self.engine.begin() as conn:
-            conn.execute(insert(db.associations).values(
-                calling_ae=calling, called_ae=self.cfg.node.ae_title, address=address, port=port, started=now,
-                ended=now, instances=0, bytes=0, outcome=outcome, detail=detail))
+            conn.execute(
+                insert(db.associations).values(
+                    calling_ae=calling,
+                    called_ae=self.cfg.node.ae_title,
+                    address=address,
+                    port=port,
+                    started=now,
+                    ended=now,
+                    instances=0,
+                    bytes=0,
+                    outcome=outcome,
+                    detail=detail,
+                )
+            )
 
     # --- DIMSE --------------------------------------------------------------------------------------
     def on_echo(self, event: Any) -> int:
@@ -276,9 +335,14 @@ class StoreSCP:
             log.error("store failed", sop_instance_uid=sop_uid, error=exc.strerror)
             return OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PROCESSING_FAILURE
         row = {
-            "sop_instance_uid": sop_uid, "sop_class_uid": str(req.AffectedSOPClassUID), "study_uid": study_uid,
-            "series_uid": series_uid, "transfer_syntax": ts,
-            "path": str(path.relative_to(self.store.root)), "size": size, "received_at": time.time(),
+            "sop_instance_uid": sop_uid,
+            "sop_class_uid": str(req.AffectedSOPClassUID),
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "transfer_syntax": ts,
+            "path": str(path.relative_to(self.store.root)),
+            "size": size,
+            "received_at": time.time(),
             "association_id": stats.row_id if stats else None,
             "calling_ae": str(event.assoc.requestor.ae_title).strip(),
         }
@@ -286,8 +350,10 @@ class StoreSCP:
             conn = self._pooled_connection()
             try:
                 db.record_instance(conn, row)
-            finally:
-                self._conns.put(conn)
+            except Exception:
+                db.discard_raw(conn)  # a server that went away leaves it broken: never reused
+                raise
+            self._conns.put(conn)
         except Exception as exc:  # noqa: BLE001 - the database may be locked for longer than busy_timeout
             metrics.STORE_FAILURES.labels(reason="database").inc()
             log.error("index failed", sop_instance_uid=sop_uid, error=type(exc).__name__)

@@ -5,14 +5,13 @@ of the missing objects on a fresh association cover it."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import UID
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicomnode import logs
@@ -32,6 +31,10 @@ class SendResult:
     detail: str = ""
 
 
+# pynetdicom names its SOP classes at run time (sop_class.Verification), out of a type checker's sight
+VERIFICATION = UID("1.2.840.10008.1.1")
+
+
 def _ae(calling_ae: str) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = 15
@@ -40,17 +43,18 @@ def _ae(calling_ae: str) -> AE:
     return ae
 
 
-def _tls_args(ctx: ssl.SSLContext | None, host: str) -> tuple[ssl.SSLContext, str | None] | None:
+def _tls_args(ctx: ssl.SSLContext | None, host: str) -> tuple[ssl.SSLContext, str] | None:
     """pynetdicom's tls_args: the context and the name to check the peer's certificate against."""
     if ctx is None:
         return None
     return ctx, host
 
 
-def echo(ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE",
-         tls: ssl.SSLContext | None = None) -> tuple[bool, str]:
+def echo(
+    ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE", tls: ssl.SSLContext | None = None
+) -> tuple[bool, str]:
     ae = _ae(calling_ae)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION)
     try:
         assoc = ae.associate(host, port, ae_title=ae_title, tls_args=_tls_args(tls, host))
     except (OSError, ssl.SSLError) as exc:
@@ -65,8 +69,14 @@ def echo(ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE",
         assoc.release()
 
 
-def store(files: list[Path], ae_title: str, host: str, port: int, calling_ae: str = "DICOMNODE",
-          tls: ssl.SSLContext | None = None) -> list[SendResult]:
+def store(
+    files: list[Path],
+    ae_title: str,
+    host: str,
+    port: int,
+    calling_ae: str = "DICOMNODE",
+    tls: ssl.SSLContext | None = None,
+) -> list[SendResult]:
     """Send files over one association (DICOM TLS when `tls` is given); every object gets a result.
     Never raises for network trouble; a TLS handshake failure is transient (certificates get fixed)."""
     datasets = [dcmread(f) for f in files]
@@ -79,7 +89,7 @@ def store(files: list[Path], ae_title: str, host: str, port: int, calling_ae: st
             # A peer that closes its socket right after an A-ASSOCIATE-RJ sometimes reads as an abort here;
             # one immediate second try tells a refusing peer from one that is down.
             assoc = ae.associate(host, port, ae_title=ae_title, tls_args=_tls_args(tls, host))
-    except (OSError, socket.error, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError) as exc:
         return [SendResult(str(d.SOPInstanceUID), False, TRANSIENT, f"connect: {exc}") for d in datasets]
     if not assoc.is_established:
         if assoc.is_rejected:

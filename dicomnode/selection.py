@@ -17,12 +17,32 @@ from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageSt
 from ai.imaging import read_file
 
 HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ImageType",
-    "SeriesDescription", "ProtocolName", "SequenceName", "ImageOrientationPatient", "ImagePositionPatient",
-    "EchoTime", "RepetitionTime", "InversionTime", "ScanningSequence", "InstanceNumber", "ImagesInAcquisition",
-    "Rows", "Columns", "NumberOfFrames", "SeriesNumber", "SpecificCharacterSet", "PhotometricInterpretation",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "Modality",
+    "ImageType",
+    "SeriesDescription",
+    "ProtocolName",
+    "SequenceName",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "EchoTime",
+    "RepetitionTime",
+    "InversionTime",
+    "ScanningSequence",
+    "InstanceNumber",
+    "ImagesInAcquisition",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SeriesNumber",
+    "SpecificCharacterSet",
+    "PhotometricInterpretation",
     # multi-frame MR: each frame's plane, position and timing
-    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
 ]
 
 _LOCALIZER = re.compile(r"LOC|SCOUT|SURVEY|PILOT|3[- ]?PLANE|TRI[- ]?PLANE|定位", re.I)
@@ -69,20 +89,24 @@ def frame_values(ds: pydicom.Dataset, index: int) -> dict[str, Any]:
     """What a frame of an Enhanced / Legacy Converted Enhanced MR object says of itself (per-frame functional
     group first, else the shared one): orientation, position, echo and repetition time."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    groups = [per_frame[index] if per_frame and index < len(per_frame) else None,
-              _item(ds, "SharedFunctionalGroupsSequence")]
+    groups = [
+        per_frame[index] if per_frame and index < len(per_frame) else None,
+        _item(ds, "SharedFunctionalGroupsSequence"),
+    ]
     out: dict[str, Any] = {}
-    for name, seq, attr in (("ImageOrientationPatient", "PlaneOrientationSequence", "ImageOrientationPatient"),
-                            ("ImagePositionPatient", "PlanePositionSequence", "ImagePositionPatient"),
-                            ("EchoTime", "MREchoSequence", "EffectiveEchoTime"),
-                            ("RepetitionTime", "MRTimingAndRelatedParametersSequence", "RepetitionTime"),
-                            ("PixelSpacing", "PixelMeasuresSequence", "PixelSpacing"),
-                            ("SliceThickness", "PixelMeasuresSequence", "SliceThickness"),
-                            # a legacy conversion keeps what has no functional group of its own here
-                            ("EchoTime", "UnassignedSharedConvertedAttributesSequence", "EchoTime"),
-                            ("RepetitionTime", "UnassignedSharedConvertedAttributesSequence", "RepetitionTime"),
-                            ("EchoTime", "UnassignedPerFrameConvertedAttributesSequence", "EchoTime"),
-                            ("RepetitionTime", "UnassignedPerFrameConvertedAttributesSequence", "RepetitionTime")):
+    for name, seq, attr in (
+        ("ImageOrientationPatient", "PlaneOrientationSequence", "ImageOrientationPatient"),
+        ("ImagePositionPatient", "PlanePositionSequence", "ImagePositionPatient"),
+        ("EchoTime", "MREchoSequence", "EffectiveEchoTime"),
+        ("RepetitionTime", "MRTimingAndRelatedParametersSequence", "RepetitionTime"),
+        ("PixelSpacing", "PixelMeasuresSequence", "PixelSpacing"),
+        ("SliceThickness", "PixelMeasuresSequence", "SliceThickness"),
+        # a legacy conversion keeps what has no functional group of its own here
+        ("EchoTime", "UnassignedSharedConvertedAttributesSequence", "EchoTime"),
+        ("RepetitionTime", "UnassignedSharedConvertedAttributesSequence", "RepetitionTime"),
+        ("EchoTime", "UnassignedPerFrameConvertedAttributesSequence", "EchoTime"),
+        ("RepetitionTime", "UnassignedPerFrameConvertedAttributesSequence", "RepetitionTime"),
+    ):
         if name in out:
             continue
         for group in groups:
@@ -116,9 +140,15 @@ class SeriesInfo:
     normal: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"series_uid": self.series_uid, "description": self.description, "instances": len(self.headers),
-                "plane": self.plane, "weighting": self.weighting, "fat_suppressed": self.fat_suppressed,
-                "excluded": self.excluded}
+        return {
+            "series_uid": self.series_uid,
+            "description": self.description,
+            "instances": len(self.headers),
+            "plane": self.plane,
+            "weighting": self.weighting,
+            "fat_suppressed": self.fat_suppressed,
+            "excluded": self.excluded,
+        }
 
 
 @dataclass
@@ -135,8 +165,13 @@ class Selection:
         return SelectionRecord(
             series_uid=self.series.series_uid if self.series else None,
             series_description=self.series.description if self.series else None,
-            slices=len(self.ordered), complete=self.complete, candidates=[h.key for h in self.candidates],
-            reason=self.reason, considered=self.considered, **chosen)
+            slices=len(self.ordered),
+            complete=self.complete,
+            candidates=[h.key for h in self.candidates],
+            reason=self.reason,
+            considered=self.considered,
+            **chosen,
+        )
 
 
 @dataclass
@@ -260,11 +295,12 @@ def describe_series(uid: str, headers: list[Header]) -> SeriesInfo:
 
 def order_stack(info: SeriesInfo) -> list[Header]:
     """Slices by position along the normal (not by InstanceNumber, which some scanners run backwards)."""
-    assert info.normal is not None
+    normal = info.normal
+    assert normal is not None
 
     def pos(h: Header) -> float:
         try:
-            return float(np.dot([float(x) for x in h.get("ImagePositionPatient")], info.normal))
+            return float(np.dot([float(x) for x in h.get("ImagePositionPatient")], normal))
         except (TypeError, ValueError):
             return float(h.get("InstanceNumber") or 0)
 
@@ -305,8 +341,10 @@ def select(paths: list[Path], n_candidates: int = 3) -> Selection:
     mid = (len(ordered) - 1) // 2
     offsets = [0, 1, -1, 2, -2][:n_candidates]
     cands = [ordered[mid + o] for o in offsets if 0 <= mid + o < len(ordered)]
-    why = (f"sagittal T2 '{best.description}' ({len(ordered)} slices"
-           f"{', fat-suppressed' if best.fat_suppressed else ''}); middle slice {mid + 1} of {len(ordered)}")
+    why = (
+        f"sagittal T2 '{best.description}' ({len(ordered)} slices"
+        f"{', fat-suppressed' if best.fat_suppressed else ''}); middle slice {mid + 1} of {len(ordered)}"
+    )
     if len(usable) > 1:
         why += f"; preferred over {len(usable) - 1} other sagittal T2 series (non-fat-suppressed, then more slices)"
     return Selection(best, ordered, cands, why, considered, stack_complete(best, ordered))

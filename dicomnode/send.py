@@ -40,9 +40,18 @@ def queue_outputs(conn: Any, job_id: int, dests: list[Destination], written: lis
     for d in dests:
         for out in written:
             if out.is_dicom:
-                conn.execute(insert(db.sent_objects).values(
-                    job_id=job_id, sop_instance_uid=out.sop_instance_uid, sop_class_uid=out.sop_class_uid,
-                    path=str(out.path), destination=d.name, status="pending", attempts=0, updated=time.time()))
+                conn.execute(
+                    insert(db.sent_objects).values(
+                        job_id=job_id,
+                        sop_instance_uid=out.sop_instance_uid,
+                        sop_class_uid=out.sop_class_uid,
+                        path=str(out.path),
+                        destination=d.name,
+                        status="pending",
+                        attempts=0,
+                        updated=time.time(),
+                    )
+                )
 
 
 def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | None = None) -> None:
@@ -50,8 +59,9 @@ def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | Non
     t0 = time.time()
     by_name = {d.name: d for d in cfg.destinations}
     with engine.connect() as conn:
-        pending = conn.execute(select(db.sent_objects).where(
-            db.sent_objects.c.job_id == job_id, db.sent_objects.c.status == "pending")).all()
+        pending = conn.execute(
+            select(db.sent_objects).where(db.sent_objects.c.job_id == job_id, db.sent_objects.c.status == "pending")
+        ).all()
     permanent: list[str] = []
     transient: list[str] = []
     groups: dict[str, list[Any]] = {}
@@ -62,37 +72,69 @@ def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | Non
         if dest is None:
             permanent.append(f"destination {name!r} no longer configured")
             continue
-        results = scu.store([Path(r.path) for r in rows], dest.ae_title, dest.host, dest.port,
-                            calling_ae=cfg.node.ae_title, tls=tls if dest.tls else None)
+        results = scu.store(
+            [Path(r.path) for r in rows],
+            dest.ae_title,
+            dest.host,
+            dest.port,
+            calling_ae=cfg.node.ae_title,
+            tls=tls if dest.tls else None,
+        )
         by_uid = {r.sop_instance_uid: r for r in rows}
         with engine.begin() as conn:
             for res in results:
                 row = by_uid[res.sop_instance_uid]
                 status = "sent" if res.ok else ("failed" if res.kind == scu.PERMANENT else "pending")
-                conn.execute(update(db.sent_objects).where(db.sent_objects.c.id == row.id).values(
-                    status=status, attempts=row.attempts + 1, last_error=None if res.ok else res.detail,
-                    updated=time.time()))
+                conn.execute(
+                    update(db.sent_objects)
+                    .where(db.sent_objects.c.id == row.id)
+                    .values(
+                        status=status,
+                        attempts=row.attempts + 1,
+                        last_error=None if res.ok else res.detail,
+                        updated=time.time(),
+                    )
+                )
                 if not res.ok:
                     metrics.SEND_FAILURES.labels(kind=res.kind).inc()
                     (permanent if res.kind == scu.PERMANENT else transient).append(f"{name}: {res.detail}")
     metrics.STAGE_SECONDS.labels(stage="send").observe(time.time() - t0)
     with engine.begin() as conn:
         if permanent:
-            db.set_job_state(conn, job_id, JobState.FAILED, "; ".join(permanent)[:1000], reason_code="send_refused",
-                             reason=permanent[0][:500], finished=time.time())
+            db.set_job_state(
+                conn,
+                job_id,
+                JobState.FAILED,
+                "; ".join(permanent)[:1000],
+                reason_code="send_refused",
+                reason=permanent[0][:500],
+                finished=time.time(),
+            )
             log.warning("job failed", job_id=job_id, reason_code="send_refused")
             return
         if transient:
-            tries = conn.execute(select(func.max(db.sent_objects.c.attempts)).where(
-                db.sent_objects.c.job_id == job_id)).scalar() or 0
+            tries = (
+                conn.execute(
+                    select(func.max(db.sent_objects.c.attempts)).where(db.sent_objects.c.job_id == job_id)
+                ).scalar()
+                or 0
+            )
             if tries > cfg.output.send_retries:
-                db.set_job_state(conn, job_id, JobState.FAILED, transient[0], reason_code="send_unreachable",
-                                 reason=f"{transient[0]} (after {tries} tries)"[:500], finished=time.time())
+                db.set_job_state(
+                    conn,
+                    job_id,
+                    JobState.FAILED,
+                    transient[0],
+                    reason_code="send_unreachable",
+                    reason=f"{transient[0]} (after {tries} tries)"[:500],
+                    finished=time.time(),
+                )
                 return
             delay = cfg.output.retry_backoff_seconds * 2 ** (tries - 1)
             conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(not_before=time.time() + delay))
-            db.add_job_event(conn, job_id, JobState.SENDING,
-                             f"try {tries} failed ({transient[0]}); retry in {delay:.0f}s")
+            db.add_job_event(
+                conn, job_id, JobState.SENDING, f"try {tries} failed ({transient[0]}); retry in {delay:.0f}s"
+            )
             return
         db.set_job_state(conn, job_id, JobState.DONE, "all results stored at the destination", finished=time.time())
         db.supersede_older(conn, job_id)

@@ -1,18 +1,24 @@
 """A worker takes the next job and runs it through the stages: select and analyse (`dicomnode.analyse`), report
 (`dicomnode.report.outputs`), send (`dicomnode.send`), each step recorded through `storage.db`.
 
-A job interrupted by a crash is re-queued at start and runs once to completion; output UIDs derive from (study,
-revision), so a re-sent object replaces itself at the PACS instead of appearing twice."""
+A job is claimed with one atomic statement and leased to its worker, which renews the lease while it works
+(`storage.db.claim_job`): workers in several processes or machines never run one job twice, and the job of a worker
+that died is taken over once its lease expires. Output UIDs derive from (study, revision), so a re-sent object
+replaces itself at the PACS instead of appearing twice."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 import traceback
-from typing import Any, Callable
+import uuid
+from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from ai.infer import Analyzer
@@ -33,12 +39,16 @@ MAX_RUN_ATTEMPTS = 5
 class Worker:
     """Shared by the node's worker threads: `claim` hands each job to one of them."""
 
-    def __init__(self, cfg: Config, engine: Engine, store: FileStore, analyzer: Callable[[], Analyzer]) -> None:
+    def __init__(
+        self, cfg: Config, engine: Engine, store: FileStore, analyzer: Callable[[], Analyzer], owner: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.engine = engine
         self.store = store
         self.analyzer = analyzer
-        self._claim_lock = threading.Lock()
+        self.owner = owner or process_id()
+        self.lease_seconds = cfg.scheduler.lease_seconds
+        self._lock = threading.Lock()
         self._active: set[int] = set()
         self._tls: Any = None
         if any(d.tls for d in cfg.destinations):
@@ -47,11 +57,17 @@ class Worker:
             self._tls = client_context(cfg.tls)
 
     def resume(self) -> int:
-        """Jobs a crash left running go back to the queue; sending jobs resend at once."""
+        """At start: jobs that an earlier process of this node left running go back to the queue, sending ones resend
+        at once, without waiting for their leases to expire. Jobs of live workers (here or on other machines) are
+        theirs."""
         with self.engine.begin() as conn:
-            rows = conn.execute(select(db.jobs.c.id, db.jobs.c.state, db.jobs.c.attempts).where(
-                db.jobs.c.state.in_([JobState.RUNNING.value, JobState.SENDING.value]))).all()
-            for job_id, state, attempts in rows:
+            rows = conn.execute(
+                select(db.jobs.c.id, db.jobs.c.state, db.jobs.c.attempts, db.jobs.c.lease_owner).where(
+                    db.jobs.c.state.in_([JobState.RUNNING.value, JobState.SENDING.value])
+                )
+            ).all()
+            rows = [r for r in rows if r.lease_owner is None or self._gone(r.lease_owner)]
+            for job_id, state, attempts, _ in rows:
                 if state == JobState.RUNNING.value and attempts >= MAX_RUN_ATTEMPTS:
                     # a study that takes the process down with it must not do so forever
                     why = f"interrupted {attempts} times while running (the process died each time)"
@@ -61,41 +77,70 @@ class Worker:
                 else:
                     conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(not_before=None))
                     db.add_job_event(conn, job_id, JobState.SENDING, "send resumed after restart")
+                conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(lease_owner=None, lease_until=None))
         return len(rows)
 
+    def _gone(self, owner: str) -> bool:
+        """An owner on this machine whose process is gone (or an earlier worker of this very process)."""
+        host, _, rest = owner.partition(":")
+        pid, _, token = rest.partition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        if int(pid) == os.getpid():
+            return owner != self.owner
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
     def claim(self) -> tuple[int, str] | None:
-        """The next queued job, or a sending job whose retry is due; None when idle."""
-        now = time.time()
-        due = and_(db.jobs.c.state == JobState.SENDING.value,
-                   or_(db.jobs.c.not_before.is_(None), db.jobs.c.not_before <= now))
-        q = select(db.jobs.c.id, db.jobs.c.state).where(or_(db.jobs.c.state == JobState.QUEUED.value, due))
-        with self._claim_lock, self.engine.connect() as conn:
-            if self._active:
-                q = q.where(db.jobs.c.id.not_in(self._active))
-            row = conn.execute(q.order_by(db.jobs.c.id).limit(1)).first()
-            if row is None:
-                return None
-            self._active.add(row.id)
-            return row.id, row.state
+        """The next job (queued, a due retry, or one whose worker's lease expired), leased to us; None when idle."""
+        claimed = db.claim_job(self.engine, self.owner, self.lease_seconds)
+        if claimed is not None:
+            with self._lock:
+                self._active.add(claimed[0])
+        return claimed
+
+    def renew(self) -> None:
+        """Called by the scheduler every lease_seconds / 3 while jobs run."""
+        with self._lock:
+            held = sorted(self._active)
+        db.renew_leases(self.engine, self.owner, held, self.lease_seconds)
 
     def work(self, job_id: int, state: str) -> None:
         try:
-            if state == JobState.QUEUED.value:
-                self.run(job_id)
-            else:
+            if state == JobState.SENDING.value:
                 send_job(self.cfg, self.engine, job_id, self._tls)
+            else:  # queued, or running under a worker that died
+                self.run(job_id)
         finally:
-            with self._claim_lock:
+            with self._lock:
                 self._active.discard(job_id)
+            db.release_lease(self.engine, self.owner, job_id)
 
     def run(self, job_id: int) -> None:
         t0 = time.time()
         with self.engine.begin() as conn:
             job = conn.execute(select(db.jobs).where(db.jobs.c.id == job_id)).one()
+            if job.state == JobState.RUNNING.value and job.attempts >= MAX_RUN_ATTEMPTS:
+                # taken over from a worker that died: a study that takes workers down must not do so forever
+                why = f"interrupted {job.attempts} times while running (its worker died each time)"
+                db.finish_job(conn, job_id, JobState.FAILED, "crashed_repeatedly", why)
+                return
             st = conn.execute(select(db.studies).where(db.studies.c.study_uid == job.study_uid)).one()
             files = db.instance_paths(conn, self.store.root, job.study_uid)
-            db.set_job_state(conn, job_id, JobState.RUNNING, f"{len(files)} instances", started=t0,
-                             attempts=job.attempts + 1, input_instances=st.instances)
+            db.set_job_state(
+                conn,
+                job_id,
+                JobState.RUNNING,
+                f"{len(files)} instances",
+                started=t0,
+                attempts=job.attempts + 1,
+                input_instances=st.instances,
+            )
         log.info("job running", job_id=job_id, study_uid=job.study_uid, instances=len(files))
         try:
             analyzer = self.analyzer()
@@ -126,14 +171,24 @@ class Worker:
         metrics.STAGE_SECONDS.labels(stage="report").observe(time.time() - t1)
         dests, why = destinations(self.cfg, self.engine, job.study_uid)
         with self.engine.begin() as conn:
-            fields = dict(selection=analysis.decision().to_json(), model_version=analysis.model_version,
-                          series_uid=str(analysis.source.SeriesInstanceUID),
-                          sop_instance_uid=str(analysis.source.SOPInstanceUID),
-                          result=json.dumps([lv.to_dict() for lv in analysis.levels]))
+            fields = dict(
+                selection=analysis.decision().to_json(),
+                model_version=analysis.model_version,
+                series_uid=str(analysis.source.SeriesInstanceUID),
+                sop_instance_uid=str(analysis.source.SOPInstanceUID),
+                result=json.dumps([lv.to_dict() for lv in analysis.levels]),
+            )
             conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(**fields))
-            db.add_job_event(conn, job_id, JobState.RUNNING, {"selection": analysis.selection.reason,
-                                                              "slice": fields["sop_instance_uid"],
-                                                              "outputs": [o.path.name for o in written]})
+            db.add_job_event(
+                conn,
+                job_id,
+                JobState.RUNNING,
+                {
+                    "selection": analysis.selection.reason,
+                    "slice": fields["sop_instance_uid"],
+                    "outputs": [o.path.name for o in written],
+                },
+            )
             if not dests:
                 db.set_job_state(conn, job_id, JobState.DONE, f"{why}; results kept in {out_dir}", finished=time.time())
                 db.supersede_older(conn, job_id)
@@ -146,6 +201,11 @@ class Worker:
         with self.engine.begin() as conn:
             db.finish_job(conn, job_id, state, code, reason)
         log.warning("job ended", job_id=job_id, state=state.value, reason_code=code)
+
+
+def process_id() -> str:
+    """host:pid:token, unique per process start: the owner of the jobs a process leases, its row in `nodes`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _frames(exc: BaseException) -> str:

@@ -55,16 +55,35 @@ def worker(name: str, data: Path, out: Path, device: str, threads: int, smoke: b
     run(data, out / name, recipe(name, smoke), log=lambda m: print(m, flush=True), device=device)
 
 
-def launch(names: list[str], data: Path, out: Path, device: str, deadline: float, threads: int,
-           smoke: bool) -> dict[str, Any]:
+def launch(
+    names: list[str], data: Path, out: Path, device: str, deadline: float, threads: int, smoke: bool
+) -> dict[str, Any]:
     procs = {}
     for name in names:
         (out / name).mkdir(parents=True, exist_ok=True)
-        log = open(out / name / "log.txt", "w")
-        procs[name] = (subprocess.Popen([sys.executable, __file__, "worker", name, "--data", str(data), "--out",
-                                         str(out), "--device", device, "--threads", str(threads)]
-                                        + (["--smoke"] if smoke else []),
-                                        stdout=log, stderr=subprocess.STDOUT), time.time())
+        log = open(out / name / "log.txt", "w")  # noqa: SIM115 - the worker process writes to it
+        procs[name] = (
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "worker",
+                    name,
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(out),
+                    "--device",
+                    device,
+                    "--threads",
+                    str(threads),
+                ]
+                + (["--smoke"] if smoke else []),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ),
+            time.time(),
+        )
     status = {}
     while procs:
         for name, (p, t0) in list(procs.items()):
@@ -91,8 +110,12 @@ def combine(out: Path, data: Path, lm_name: str, gr_name: str, device: str) -> d
     from ai.train import folds_of, predict, prepare, summarise
 
     cv = json.loads((out / lm_name / "cv.json").read_text()) if (out / lm_name / "cv.json").is_file() else {}
-    folds = [k for k in range(1, 6) if (out / lm_name / f"fold{k}" / "model.json").is_file()
-             and (out / gr_name / f"fold{k}" / "model.json").is_file()]
+    folds = [
+        k
+        for k in range(1, 6)
+        if (out / lm_name / f"fold{k}" / "model.json").is_file()
+        and (out / gr_name / f"fold{k}" / "model.json").is_file()
+    ]
     if not folds:
         return None
     items = prepare(load_dataset(data), RECIPES[lm_name].input_size)
@@ -101,10 +124,14 @@ def combine(out: Path, data: Path, lm_name: str, gr_name: str, device: str) -> d
     where = {i: j for j, i in enumerate(covered)}
     oof: list[Any] = [None] * len(covered)
     for k in folds:
-        pair = Analyzer([Member.load(out / lm_name / f"fold{k}", device)],
-                        [Member.load(out / gr_name / f"fold{k}", device)], Decision(), {})
+        pair = Analyzer(
+            [Member.load(out / lm_name / f"fold{k}", device)],
+            [Member.load(out / gr_name / f"fold{k}", device)],
+            Decision(),
+            {},
+        )
         val = [int(i) for i in splits[k - 1]]
-        for i, p in zip(val, predict(pair, [items[i] for i in val])):
+        for i, p in zip(val, predict(pair, [items[i] for i in val]), strict=True):
             oof[where[i]] = p
     sub = [items[i] for i in covered]
     report = summarise(sub, oof, [np.array([where[int(i)] for i in splits[k - 1]]) for k in folds])
@@ -122,8 +149,12 @@ def pack_model(out: Path, lm_name: str, gr_name: str, decision: dict, cv_report:
 
     lm = Member.load(out / lm_name, "cpu", fused=False)  # saved again below
     gr = Member.load(out / gr_name, "cpu", fused=False)
-    meta = dict(lm.meta, crop_size=gr.meta.get("crop_size"), grader_arch=gr.meta.get("grader_arch"),
-                recipe={"landmarks": _recipe_of(out, lm_name), "grader": _recipe_of(out, gr_name)})
+    meta = dict(
+        lm.meta,
+        crop_size=gr.meta.get("crop_size"),
+        grader_arch=gr.meta.get("grader_arch"),
+        recipe={"landmarks": _recipe_of(out, lm_name), "grader": _recipe_of(out, gr_name)},
+    )
     for key in ("decision", "cv_mean", "fold", "val_studies"):
         meta.pop(key, None)
     model = Member(lm.landmarks, gr.grader, dict(meta, decision=decision), lm.device)
@@ -135,15 +166,17 @@ def sweep(args: argparse.Namespace) -> None:
     t0 = time.time()
     out, data = Path(args.out), Path(args.data)
     names = args.recipes.split(",") if args.recipes else list(RECIPES)
-    status = {} if args.no_train else launch(names, data, out, args.device, t0 + args.deadline, args.threads,
-                                             args.smoke)
+    status = (
+        {} if args.no_train else launch(names, data, out, args.device, t0 + args.deadline, args.threads, args.smoke)
+    )
     summary: dict[str, Any] = {"device": args.device, "status": status, "recipes": {}, "combos": {}}
     for name in names:
         cv_path = out / name / "cv.json"
         if cv_path.is_file():
             cv = json.loads(cv_path.read_text())
-            summary["recipes"][name] = {k: cv.get(k) for k in ("recipe", "cv_mean", "cv_untuned_pooled",
-                                                               "final_fit_seconds", "total_seconds")}
+            summary["recipes"][name] = {
+                k: cv.get(k) for k in ("recipe", "cv_mean", "cv_untuned_pooled", "final_fit_seconds", "total_seconds")
+            }
     # Localisation does not depend on the grader: take the landmarks that hit most often, try every grader.
     scored = {n: r["cv_untuned_pooled"]["within_6mm"] for n, r in summary["recipes"].items()}
     partial = [n for n in names if n not in scored and (out / n / "fold1" / "model.json").is_file()]
@@ -172,13 +205,18 @@ def sweep(args: argparse.Namespace) -> None:
         (out / "combos").mkdir(exist_ok=True)
         (out / "combos" / f"{key}.json").write_text(json.dumps(res["report"], indent=2) + "\n")
         (out / "combos" / f"{key}.oof.json").write_text(json.dumps(res["oof"]))
-        summary["combos"][key] = {"cv_mean": res["report"]["cv_mean"],
-                                  "folds_scored": res["report"]["folds_scored"],
-                                  "per_class_pooled": {c: round(v["f1"], 4) for c, v in
-                                                       res["report"]["cv_untuned_pooled"]["per_class"]
-                                                       .items()}}
-    ranked = sorted(combos, key=lambda k: (len(combos[k]["report"]["folds_scored"]),
-                                           combos[k]["report"]["cv_mean"]["tianchi_macro_f1"]), reverse=True)
+        summary["combos"][key] = {
+            "cv_mean": res["report"]["cv_mean"],
+            "folds_scored": res["report"]["folds_scored"],
+            "per_class_pooled": {
+                c: round(v["f1"], 4) for c, v in res["report"]["cv_untuned_pooled"]["per_class"].items()
+            },
+        }
+    ranked = sorted(
+        combos,
+        key=lambda k: (len(combos[k]["report"]["folds_scored"]), combos[k]["report"]["cv_mean"]["tianchi_macro_f1"]),
+        reverse=True,
+    )
     summary["ranked"] = ranked
     summary["seconds"] = round(time.time() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

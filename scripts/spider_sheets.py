@@ -40,8 +40,11 @@ def tile(item) -> Image.Image:
     for i, (x, y) in enumerate(xy):
         x, y = (x - x0) * scale, (y - y0) * scale
         disc = i % 2 == 0
-        colour = (255, 220, 0) if i == LEVEL_INDEX["L5-S1"] else (
-            ((255, 60, 60) if item.use[i] else (150, 150, 150)) if disc else (60, 255, 60))
+        colour = (
+            (255, 220, 0)
+            if i == LEVEL_INDEX["L5-S1"]
+            else (((255, 60, 60) if item.use[i] else (150, 150, 150)) if disc else (60, 255, 60))
+        )
         r = 4 if i == LEVEL_INDEX["L5-S1"] else 2
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
     draw.text((3, 3), f"{item.study.patient} L5-S1 {item.agreement[LEVEL_INDEX['L5-S1']]:.1f}", fill=(0, 200, 255))
@@ -64,9 +67,18 @@ def main() -> None:
             sheet.paste(tile(item), ((j % COLS) * TILE, (j // COLS) * TILE))
         sheet.save(out / f"sheet{s // per + 1}.png")
     graded = sum(len(it.study.discs) for it in items)
-    print(json.dumps({"slices": len(items), "slices_used": int(sum(it.use.any() for it in items)),
-                      "discs_graded": graded, "discs_used": int(sum(it.use.sum() for it in items)),
-                      "sheets": sorted(str(f) for f in out.glob("sheet*.png"))}, indent=2))
+    print(
+        json.dumps(
+            {
+                "slices": len(items),
+                "slices_used": int(sum(it.use.any() for it in items)),
+                "discs_graded": graded,
+                "discs_used": int(sum(it.use.sum() for it in items)),
+                "sheets": sorted(str(f) for f in out.glob("sheet*.png")),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ synchronous=NORMAL: a commit survives a killed process; the files themselves are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -13,18 +14,36 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, create_engine, event, func, insert,
-    select, text, update,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
 )
 from sqlalchemy.engine import Engine
 
-from storage.states import JobState
+from storage.states import FINAL_STATES, JobState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: studies.active (the rule reads only those), unique (study, revision), job leases
 metadata = MetaData()
 
 instances = Table(
-    "instances", metadata,
+    "instances",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("sop_instance_uid", String(64), nullable=False, unique=True),
     Column("sop_class_uid", String(64), nullable=False),
@@ -39,17 +58,23 @@ instances = Table(
 )
 
 studies = Table(
-    "studies", metadata,
+    "studies",
+    metadata,
     Column("study_uid", String(64), primary_key=True),
     Column("first_received", Float, nullable=False),
     Column("last_received", Float, nullable=False),
     Column("instances", Integer, nullable=False, default=0),
     Column("calling_ae", String(16)),
     Column("purged_at", Float),
+    # 1 while the completion rule has something to look at (set by every received instance, cleared by the rule once
+    # the study's latest job is final and has seen all its instances): its cost follows the active studies
+    Column("active", Integer, nullable=False, server_default="1"),
+    Index("ix_studies_active", "active"),
 )
 
 associations = Table(
-    "associations", metadata,
+    "associations",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("calling_ae", String(16)),
     Column("called_ae", String(16)),
@@ -64,7 +89,8 @@ associations = Table(
 )
 
 jobs = Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("study_uid", String(64), nullable=False),
     Column("revision", Integer, nullable=False, default=1),
@@ -83,12 +109,30 @@ jobs = Table(
     Column("model_version", String(64)),
     Column("input_instances", Integer),  # the study's instance count when the job took its input
     Column("not_before", Float),  # a send retry waits until then
+    Column("lease_owner", String(128)),  # the worker (host:pid) that holds the job
+    Column("lease_until", Float),  # it renews the lease while it works; an expired one lets another take the job
     Index("ix_jobs_state", "state"),
     Index("ix_jobs_study", "study_uid"),
+    Index("ux_jobs_study_revision", "study_uid", "revision", unique=True),  # one job per revision, not by luck
+    Index("ix_jobs_lease_owner", "lease_owner"),
+)
+
+nodes = Table(  # every process of a deployment beats here: `dicomnode status` shows them
+    "nodes",
+    metadata,
+    Column("id", String(160), primary_key=True),  # host:pid:token, also the owner of the jobs it leases
+    Column("host", String(128), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("started", Float, nullable=False),
+    Column("heartbeat", Float, nullable=False),
+    Column("stopped", Float),
 )
 
 job_events = Table(
-    "job_events", metadata,
+    "job_events",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False),
     Column("at", Float, nullable=False),
@@ -98,7 +142,8 @@ job_events = Table(
 )
 
 sent_objects = Table(
-    "sent_objects", metadata,
+    "sent_objects",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False),
     Column("sop_instance_uid", String(64), nullable=False),
@@ -121,20 +166,37 @@ def _pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def open_db(path: Path) -> Engine:
-    """Open (create, migrate) the database at path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30},
-                           pool_size=20, max_overflow=20)
-    event.listen(engine, "connect", _pragmas)
+def is_url(target: Path | str) -> bool:
+    return "://" in str(target)
+
+
+def open_db(target: Path | str) -> Engine:
+    """Open (create, migrate) the database: a SQLite file path, or a URL (`postgresql+psycopg://user@host:port/db`,
+    shared by every process of a deployment)."""
+    if is_url(target):
+        engine = create_engine(str(target), pool_size=20, max_overflow=20, pool_pre_ping=True)
+    else:
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20
+        )
+        event.listen(engine, "connect", _pragmas)
     migrate(engine)
     return engine
 
 
-def open_db_readonly(path: Path) -> Engine:
+def open_db_readonly(target: Path | str) -> Engine:
     """The database for an admin's read (`status`, `jobs`): opened read-only, never created, migrated or switched
     to WAL, so looking never writes (a read-only file or mount works); a schema newer than this dicomnode is refused
     as open_db refuses it."""
+    if is_url(target):  # a server database: read-only transactions, the schema checked as open_db checks it
+        engine = create_engine(str(target), connect_args={"options": "-c default_transaction_read_only=on"})
+        with engine.connect() as conn:
+            _check_version(_schema_version(conn))
+        return engine
+    path = Path(target)
+
     def connect(flags: str) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?{flags}", uri=True, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA busy_timeout=30000")
@@ -149,33 +211,91 @@ def open_db_readonly(path: Path) -> Engine:
         # either, so SQLite may read it as immutable.
         flags = "mode=ro&immutable=1"
     engine = create_engine("sqlite://", creator=lambda: connect(flags))
-    with engine.connect() as conn:
-        version = conn.execute(text("PRAGMA user_version")).scalar_one()
-    if version > SCHEMA_VERSION:
+    try:
+        with engine.connect() as conn:
+            _check_version(_schema_version(conn))
+    except RuntimeError:
         engine.dispose()
-        raise RuntimeError(f"database schema {version} is newer than this dicomnode ({SCHEMA_VERSION})")
+        raise
     return engine
 
 
-def connect_raw(engine: Engine) -> sqlite3.Connection:
-    """A plain sqlite3 connection to the engine's database, same pragmas, for the receive hot path."""
-    conn = sqlite3.connect(engine.url.database, check_same_thread=False, timeout=30)
+def connect_raw(engine: Engine) -> Any:
+    """A plain DB-API connection for the receive hot path: sqlite3 with the same pragmas, or a pooled psycopg
+    connection of the engine (give it back with `release_raw`)."""
+    if engine.dialect.name != "sqlite":
+        return engine.raw_connection()
+    conn = sqlite3.connect(str(engine.url.database), check_same_thread=False, timeout=30)
     _pragmas(conn, None)
     return conn
 
 
+def discard_raw(conn: Any) -> None:
+    """A connection that failed (the server went away): closed, never reused."""
+    try:
+        if hasattr(conn, "invalidate"):
+            conn.invalidate()
+        else:
+            conn.close()
+    except Exception:  # noqa: BLE001 - it is broken already
+        pass
+
+
+_VERSION_TABLE = "dicomnode_schema"  # a server database's schema version (SQLite keeps it in PRAGMA user_version)
+
+
+def _schema_version(conn: Any) -> int:
+    if conn.dialect.name == "sqlite":
+        return int(conn.execute(text("PRAGMA user_version")).scalar_one())
+    if not inspect(conn).has_table(_VERSION_TABLE):
+        return 0
+    return int(conn.execute(text(f"SELECT max(version) FROM {_VERSION_TABLE}")).scalar() or 0)
+
+
+def _set_schema_version(conn: Any, version: int) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.execute(text(f"PRAGMA user_version={version}"))
+        return
+    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {_VERSION_TABLE} (version INTEGER NOT NULL)"))
+    conn.execute(text(f"DELETE FROM {_VERSION_TABLE}"))
+    conn.execute(text(f"INSERT INTO {_VERSION_TABLE} (version) VALUES ({int(version)})"))
+
+
+def _check_version(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema {version} is newer than this dicomnode ({SCHEMA_VERSION})")
+
+
 def migrate(engine: Engine) -> None:
-    """Create missing tables and step user_version forward; each future schema change adds a step here."""
+    """Create missing tables and step the schema version forward; each future schema change adds a step here. A
+    database newer than this dicomnode is refused. On a server database the processes of a deployment that start at
+    once migrate one after another (an advisory lock; PostgreSQL's DDL is transactional)."""
     with engine.begin() as conn:
-        version = conn.execute(text("PRAGMA user_version")).scalar_one()
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"database schema {version} is newer than this dicomnode ({SCHEMA_VERSION})")
-        metadata.create_all(conn)
-        conn.execute(text(f"PRAGMA user_version={SCHEMA_VERSION}"))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7401)"))
+        version = _schema_version(conn)
+        _check_version(version)
+        if version == 1:  # SQLite only: server databases start at version 2
+            conn.execute(text("ALTER TABLE studies ADD COLUMN active INTEGER NOT NULL DEFAULT 1"))
+            conn.execute(text("ALTER TABLE jobs ADD COLUMN lease_owner VARCHAR(128)"))
+            conn.execute(text("ALTER TABLE jobs ADD COLUMN lease_until FLOAT"))
+        metadata.create_all(conn)  # new tables, and the indexes version 1 lacked (checkfirst)
+        for index in (i for t in metadata.sorted_tables for i in t.indexes):
+            index.create(conn, checkfirst=True)
+        _set_schema_version(conn, SCHEMA_VERSION)
 
 
-_INSTANCE_COLS = ("sop_instance_uid", "sop_class_uid", "study_uid", "series_uid", "transfer_syntax", "path", "size",
-                  "received_at", "association_id")
+_INSTANCE_COLS = (
+    "sop_instance_uid",
+    "sop_class_uid",
+    "study_uid",
+    "series_uid",
+    "transfer_syntax",
+    "path",
+    "size",
+    "received_at",
+    "association_id",
+)
 _UPSERT_INSTANCE = (
     f"INSERT INTO instances ({', '.join(_INSTANCE_COLS)}) VALUES ({', '.join('?' * len(_INSTANCE_COLS))}) "
     "ON CONFLICT(sop_instance_uid) DO UPDATE SET path=excluded.path, size=excluded.size, "
@@ -184,40 +304,64 @@ _UPSERT_INSTANCE = (
 )
 _UPSERT_STUDY = (
     "INSERT INTO studies (study_uid, first_received, last_received, instances, calling_ae) VALUES (?, ?, ?, 1, ?) "
-    "ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received, instances=instances+1, "
-    "purged_at=NULL, calling_ae=coalesce(excluded.calling_ae, calling_ae)"
+    "ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received, instances=studies.instances+1, "
+    "purged_at=NULL, active=1, calling_ae=coalesce(excluded.calling_ae, studies.calling_ae)"
 )
 
 
 def record_instance(dbapi_conn: Any, row: dict[str, Any]) -> None:
     """Index one stored instance and commit; a re-sent SOP Instance UID replaces its row (one stored copy).
 
-    Takes a DB-API (sqlite3) connection: on the receive path SQLAlchemy's statement handling cost ~1 ms an
-    instance, forty times the INSERTs themselves."""
-    with dbapi_conn:  # one transaction, committed on exit
-        dbapi_conn.execute(_UPSERT_INSTANCE, tuple(row[c] for c in _INSTANCE_COLS))
-        dbapi_conn.execute(_UPSERT_STUDY, (row["study_uid"], row["received_at"], row["received_at"],
-                                           row.get("calling_ae")))
+    Takes a DB-API connection (`connect_raw`): on the receive path SQLAlchemy's statement handling cost ~1 ms an
+    instance, forty times the INSERTs themselves. The same upserts run on SQLite and PostgreSQL."""
+    instance = tuple(row[c] for c in _INSTANCE_COLS)
+    study = (row["study_uid"], row["received_at"], row["received_at"], row.get("calling_ae"))
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        with dbapi_conn:  # one transaction, committed on exit
+            dbapi_conn.execute(_UPSERT_INSTANCE, instance)
+            dbapi_conn.execute(_UPSERT_STUDY, study)
+        return
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(_UPSERT_INSTANCE.replace("?", "%s"), instance)
+        cur.execute(_UPSERT_STUDY.replace("?", "%s"), study)
+        dbapi_conn.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            dbapi_conn.rollback()
+        raise
+    finally:
+        cur.close()
 
 
 def add_job_event(conn: Any, job_id: int, state: JobState | str, detail: Any = None) -> None:
-    conn.execute(insert(job_events).values(
-        job_id=job_id, at=time.time(), state=str(state),
-        detail=detail if isinstance(detail, str) or detail is None else json.dumps(detail)))
+    conn.execute(
+        insert(job_events).values(
+            job_id=job_id,
+            at=time.time(),
+            state=str(state),
+            detail=detail if isinstance(detail, str) or detail is None else json.dumps(detail),
+        )
+    )
 
 
-def set_job_state(conn: Any, job_id: int, state: JobState, detail: Any = None, **fields: Any) -> None:
-    """The one way a job changes state: the row and an event, in the caller's transaction."""
-    now = time.time()
-    conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=str(state), updated=now, **fields))
-    add_job_event(conn, job_id, state, detail)
+def set_job_state(
+    conn: Any, job_id: int, state: JobState, detail: Any = None, only_from: JobState | None = None, **fields: Any
+) -> bool:
+    """The one way a job changes state: the row and an event, in the caller's transaction. only_from: change it only
+    if it is still in that state (the completion rule runs in every worker process); False when it was not."""
+    where = jobs.c.id == job_id if only_from is None else and_(jobs.c.id == job_id, jobs.c.state == only_from.value)
+    changed = conn.execute(update(jobs).where(where).values(state=str(state), updated=time.time(), **fields)).rowcount
+    if changed:
+        add_job_event(conn, job_id, state, detail)
+    return bool(changed)
 
 
 def counts(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         n_inst = conn.execute(select(func.count()).select_from(instances)).scalar_one()
         n_study = conn.execute(select(func.count(func.distinct(instances.c.study_uid)))).scalar_one()
-        by_state = dict(conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
+        by_state = {str(s): int(n) for s, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))}
     return {"instances": n_inst, "studies": n_study, "jobs": {s.value: by_state.get(s.value, 0) for s in JobState}}
 
 
@@ -230,8 +374,11 @@ def instance_paths(conn: Any, root: Path, study_uid: str) -> list[Path]:
 def new_job(conn: Any, study_uid: str, revision: int, why: str, state: JobState = JobState.QUEUED) -> int:
     """A job for a study's revision, with its first event, in the caller's transaction."""
     now = time.time()
-    job_id = int(conn.execute(insert(jobs).values(study_uid=study_uid, revision=revision, state=state.value,
-                                                  created=now, updated=now)).inserted_primary_key[0])
+    job_id = int(
+        conn.execute(
+            insert(jobs).values(study_uid=study_uid, revision=revision, state=state.value, created=now, updated=now)
+        ).inserted_primary_key[0]
+    )
     add_job_event(conn, job_id, state, why)
     return job_id
 
@@ -247,7 +394,93 @@ def finish_job(conn: Any, job_id: int, state: JobState, code: str | None, reason
 def supersede_older(conn: Any, job_id: int) -> None:
     """A study's newer revision is done: its older done jobs are superseded."""
     job = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
-    older = conn.execute(select(jobs.c.id).where(jobs.c.study_uid == job.study_uid, jobs.c.id != job_id,
-                                                 jobs.c.state == JobState.DONE.value)).all()
+    older = conn.execute(
+        select(jobs.c.id).where(
+            jobs.c.study_uid == job.study_uid, jobs.c.id != job_id, jobs.c.state == JobState.DONE.value
+        )
+    ).all()
     for (old,) in older:
         set_job_state(conn, old, JobState.SUPERSEDED, f"superseded by job {job_id} (revision {job.revision})")
+
+
+def open_job_counts(engine: Engine) -> dict[str, int]:
+    """Jobs in each unfinished state (the gauges): an indexed count that stays small however long the history."""
+    open_states = [s.value for s in JobState if s not in FINAL_STATES]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(jobs.c.state, func.count()).where(jobs.c.state.in_(open_states)).group_by(jobs.c.state)
+        )
+        found = {str(state): int(n) for state, n in rows}
+    return {s: found.get(s, 0) for s in open_states}
+
+
+def claim_job(engine: Engine, owner: str, lease_seconds: float) -> tuple[int, str] | None:
+    """Takes the next job with one atomic statement and leases it to `owner`: a queued job, a sending job whose retry
+    is due, or a running or sending job whose lease expired (its worker died). Two workers never get the same job."""
+    now = time.time()
+    free = or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now)
+    due = or_(
+        jobs.c.state == JobState.QUEUED.value,
+        and_(jobs.c.state == JobState.SENDING.value, or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now)),
+        and_(jobs.c.state == JobState.RUNNING.value, jobs.c.lease_until.is_not(None)),  # taken over once expired
+    )
+    pick = select(jobs.c.id).where(due, free).order_by(jobs.c.id).limit(1)
+    if engine.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (
+        update(jobs)
+        .where(jobs.c.id == pick.scalar_subquery(), free)
+        .values(lease_owner=owner, lease_until=now + lease_seconds)
+        .returning(jobs.c.id, jobs.c.state)
+    )
+    with engine.begin() as conn:
+        row = conn.execute(stmt).first()
+    return (int(row.id), str(row.state)) if row else None
+
+
+def renew_leases(engine: Engine, owner: str, job_ids: list[int], lease_seconds: float) -> None:
+    if job_ids:
+        with engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner)
+                .values(lease_until=time.time() + lease_seconds)
+            )
+
+
+def release_lease(engine: Engine, owner: str, job_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+
+
+NODE_STALE_AFTER = 30.0  # seconds without a heartbeat: the process is taken for gone
+
+
+def beat(engine: Engine, node: dict[str, Any], stopped: bool = False) -> None:
+    """A process's heartbeat row (node: id, host, pid, role, version, started)."""
+    now = time.time()
+    row = dict(node, heartbeat=now, stopped=now if stopped else None)
+    with engine.begin() as conn:
+        if conn.execute(update(nodes).where(nodes.c.id == row["id"]).values(**row)).rowcount == 0:
+            conn.execute(insert(nodes).values(**row))
+
+
+def list_nodes(conn: Any, since: float) -> list[dict[str, Any]]:
+    """The processes that beat after `since`, each with the jobs it holds now and whether it is up."""
+    now = time.time()
+    held = dict(
+        conn.execute(
+            select(jobs.c.lease_owner, func.count())
+            .where(jobs.c.lease_owner.is_not(None), jobs.c.lease_until > now)
+            .group_by(jobs.c.lease_owner)
+        ).all()
+    )
+    out = []
+    for r in conn.execute(select(nodes).where(nodes.c.heartbeat >= since).order_by(nodes.c.started)):
+        up = r.stopped is None and now - r.heartbeat < NODE_STALE_AFTER
+        out.append(dict(r._mapping, up=up, jobs_running=int(held.get(r.id, 0))))
+    return out

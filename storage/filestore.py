@@ -11,10 +11,10 @@ import re
 import shutil
 import time
 import zlib
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
-
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -60,7 +60,7 @@ class FileStore:
             for part in data if isinstance(data, list) else [data]:
                 view = memoryview(part)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             if self.fsync:
                 os.fsync(fd)
         finally:
@@ -108,16 +108,16 @@ def read_uids(body: bytes | memoryview, transfer_syntax: str) -> tuple[str, str]
     explicit_le = not known or ts.is_compressed  # encapsulated and private syntaxes: explicit VR little endian
 
     def parse(buf: bytes) -> Dataset:
-        return read_dataset(BytesIO(buf), False if explicit_le else ts.is_implicit_VR,
-                            True if explicit_le else ts.is_little_endian,
-                            stop_when=lambda tag, vr, length: tag > 0x0020000E,
-                            specific_tags=[0x0020000D, 0x0020000E])
+        return read_dataset(
+            BytesIO(buf),
+            False if explicit_le else ts.is_implicit_VR,
+            True if explicit_le else ts.is_little_endian,
+            stop_when=lambda tag, vr, length: tag > 0x0020000E,
+            specific_tags=[0x0020000D, 0x0020000E],
+        )
 
     try:
-        if deflated:
-            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(body), _PEEK)
-        else:
-            head = bytes(body[:_PEEK])
+        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(body), _PEEK) if deflated else bytes(body[:_PEEK])
         try:
             ds = parse(head)
         except Exception:  # noqa: BLE001 - a header longer than the peek: read it all
@@ -133,7 +133,7 @@ def read_header(data: bytes | Path) -> pydicom.Dataset:
     return pydicom.dcmread(src, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
 
 
-def reconcile(store: FileStore, engine: "Engine") -> dict[str, int]:
+def reconcile(store: FileStore, engine: Engine) -> dict[str, int]:
     """Bring the index in line with the files: index files a crash left unindexed; report rows whose file
     is gone. Runs at start, before the SCP accepts anything."""
     from sqlalchemy import select
@@ -151,10 +151,17 @@ def reconcile(store: FileStore, engine: "Engine") -> dict[str, int]:
             continue
         try:
             hdr = read_header(path)
-            row = {"sop_instance_uid": str(hdr.SOPInstanceUID), "sop_class_uid": str(hdr.SOPClassUID),
-                   "study_uid": str(hdr.StudyInstanceUID), "series_uid": str(hdr.SeriesInstanceUID),
-                   "transfer_syntax": str(hdr.file_meta.TransferSyntaxUID), "path": rel, "size": path.stat().st_size,
-                   "received_at": path.stat().st_mtime, "association_id": None}
+            row = {
+                "sop_instance_uid": str(hdr.SOPInstanceUID),
+                "sop_class_uid": str(hdr.SOPClassUID),
+                "study_uid": str(hdr.StudyInstanceUID),
+                "series_uid": str(hdr.SeriesInstanceUID),
+                "transfer_syntax": str(hdr.file_meta.TransferSyntaxUID),
+                "path": rel,
+                "size": path.stat().st_size,
+                "received_at": path.stat().st_mtime,
+                "association_id": None,
+            }
         except Exception:  # noqa: BLE001 - an unreadable leftover is moved aside, not fatal
             path.rename(path.with_suffix(".unreadable"))
             continue

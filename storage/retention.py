@@ -27,7 +27,9 @@ def purgeable(engine: Engine) -> list[tuple[str, float]]:
             .where(db.jobs.c.study_uid.not_in(unfinished))
             .join(db.studies, db.studies.c.study_uid == db.jobs.c.study_uid)
             .where(db.studies.c.purged_at.is_(None))
-            .group_by(db.jobs.c.study_uid).order_by(func.max(db.jobs.c.finished))).all()
+            .group_by(db.jobs.c.study_uid)
+            .order_by(func.max(db.jobs.c.finished))
+        ).all()
     return [(uid, finished or 0.0) for uid, finished in rows]
 
 
@@ -38,7 +40,9 @@ def purge_study(engine: Engine, store: FileStore, study_uid: str) -> None:
     store.remove_study(study_uid)
 
 
-def apply(engine: Engine, store: FileStore, max_age_s: float, min_free: int, now: float | None = None) -> dict[str, Any]:
+def apply(
+    engine: Engine, store: FileStore, max_age_s: float, min_free: int, now: float | None = None
+) -> dict[str, Any]:
     """Purge by age, then by disk pressure (free space below min_free); returns what it did."""
     now = now or time.time()
     by_age = by_space = 0
@@ -56,8 +60,9 @@ def apply(engine: Engine, store: FileStore, max_age_s: float, min_free: int, now
     return {"purged_by_age": by_age, "purged_for_space": by_space}
 
 
-def expire_history(engine: Engine, store: FileStore, results_max_age_s: float, history_max_age_s: float,
-                   now: float | None = None) -> dict[str, Any]:
+def expire_history(
+    engine: Engine, store: FileStore, results_max_age_s: float, history_max_age_s: float, now: float | None = None
+) -> dict[str, Any]:
     """results/<job> of final jobs finished more than results_max_age_s ago (the PACS holds what they sent); jobs,
     their events and send records finished more than history_max_age_s ago, only where the study's files are purged
     (a job row is what keeps the completion rule from analysing a study again); association records ended more than
@@ -67,8 +72,12 @@ def expire_history(engine: Engine, store: FileStore, results_max_age_s: float, h
     out = {"results_removed": 0, "jobs_expired": 0, "associations_expired": 0}
     if results_max_age_s > 0 and store.results.is_dir():
         with engine.connect() as conn:
-            old = {str(r.id) for r in conn.execute(select(db.jobs.c.id).where(
-                db.jobs.c.state.in_(final), db.jobs.c.finished < now - results_max_age_s))}
+            old = {
+                str(r.id)
+                for r in conn.execute(
+                    select(db.jobs.c.id).where(db.jobs.c.state.in_(final), db.jobs.c.finished < now - results_max_age_s)
+                )
+            }
         for folder in store.results.iterdir():
             if folder.name in old:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -77,13 +86,20 @@ def expire_history(engine: Engine, store: FileStore, results_max_age_s: float, h
         cutoff = now - history_max_age_s
         with engine.begin() as conn:
             purged = select(db.studies.c.study_uid).where(db.studies.c.purged_at.is_not(None))
-            ids = [r.id for r in conn.execute(select(db.jobs.c.id).where(
-                db.jobs.c.state.in_(final), db.jobs.c.finished < cutoff, db.jobs.c.study_uid.in_(purged)))]
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(db.jobs.c.id).where(
+                        db.jobs.c.state.in_(final), db.jobs.c.finished < cutoff, db.jobs.c.study_uid.in_(purged)
+                    )
+                )
+            ]
             if ids:
                 conn.execute(delete(db.job_events).where(db.job_events.c.job_id.in_(ids)))
                 conn.execute(delete(db.sent_objects).where(db.sent_objects.c.job_id.in_(ids)))
                 conn.execute(delete(db.jobs).where(db.jobs.c.id.in_(ids)))
             out["jobs_expired"] = len(ids)
-            out["associations_expired"] = conn.execute(delete(db.associations).where(
-                db.associations.c.ended.is_not(None), db.associations.c.ended < cutoff)).rowcount
+            out["associations_expired"] = conn.execute(
+                delete(db.associations).where(db.associations.c.ended.is_not(None), db.associations.c.ended < cutoff)
+            ).rowcount
     return out

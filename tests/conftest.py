@@ -1,25 +1,52 @@
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from peers import NodeProcess, Orthanc, free_port, have, write_config  # noqa: E402
+from peers import PG_BIN, NodeProcess, Orthanc, Postgres, free_port, have, write_config  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tianchi-spark-train150"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_peers = pytest.mark.skip(reason="DICOM peers (dcmtk, orthanc, dicom3tools) not installed: run the README test command")
+    skip_peers = pytest.mark.skip(
+        reason="DICOM peers (dcmtk, orthanc, dicom3tools) not installed: run the README test command"
+    )
     skip_data = pytest.mark.skip(reason=f"annotated data not found at {SHARED_DATA} (../shared is absent)")
     for item in items:
         if "peers" in item.keywords and not have("storescu", "echoscu", "/usr/sbin/Orthanc"):
             item.add_marker(skip_peers)
         if "data" in item.keywords and not SHARED_DATA.is_dir():
             item.add_marker(skip_data)
+
+
+def throwaway_postgres() -> Postgres:
+    """A cluster in its own folder under /tmp (pytest's folders are private to the user running the tests, and
+    the server runs as `postgres` when that user is root)."""
+    if PG_BIN is None:
+        pytest.skip("PostgreSQL not installed (Debian package postgresql): run the README test command")
+    return Postgres(Path(tempfile.mkdtemp(prefix="dicomnode-pg-")))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the test run; each test takes its own database (`pg_url`)."""
+    server = throwaway_postgres().start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres, request: pytest.FixtureRequest) -> str:
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50] + f"_{free_port()}"
+    return postgres.database(name)
 
 
 @pytest.fixture

@@ -16,8 +16,17 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
-    UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless, MRImageStorage, RLELossless,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    MRImageStorage,
+    RLELossless,
     generate_uid,
 )
 
@@ -44,8 +53,9 @@ class SeriesSpec:
     series_number: int = 1
 
 
-def base_dataset(study_uid: str, series_uid: str, sop_uid: str, patient_name: str = "Test^Patient",
-                 charset: str | None = None) -> Dataset:
+def base_dataset(
+    study_uid: str, series_uid: str, sop_uid: str, patient_name: str = "Test^Patient", charset: str | None = None
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
@@ -89,8 +99,15 @@ def phantom(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return img.astype(np.uint16)
 
 
-def make_instance(spec: SeriesSpec, study_uid: str, series_uid: str, index: int, pixels: np.ndarray | None = None,
-                  patient_name: str = "Test^Patient", charset: str | None = None) -> Dataset:
+def make_instance(
+    spec: SeriesSpec,
+    study_uid: str,
+    series_uid: str,
+    index: int,
+    pixels: np.ndarray | None = None,
+    patient_name: str = "Test^Patient",
+    charset: str | None = None,
+) -> Dataset:
     ds = base_dataset(study_uid, series_uid, generate_uid(), patient_name, charset)
     ds.SeriesNumber = spec.series_number
     n = spec.slices
@@ -148,8 +165,17 @@ def _jpeg_frame(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-ALL_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit,
-                JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, RLELossless]
+ALL_SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    RLELossless,
+]
 
 
 def write_in_syntax(path: Path, syntax: UID, study_uid: str) -> Path:
@@ -186,8 +212,9 @@ def data_subset(shared_data: Path, folder: Path, n: int) -> Path:
     return folder
 
 
-def write_multiframe(path: Path, spec: SeriesSpec, study_uid: str, pixels: list[np.ndarray] | None = None,
-                     enhanced: bool = False) -> Path:
+def write_multiframe(
+    path: Path, spec: SeriesSpec, study_uid: str, pixels: list[np.ndarray] | None = None, enhanced: bool = False
+) -> Path:
     """The series as one Legacy Converted Enhanced MR object, built by highdicom from the single-frame instances
     (plane, position and timing per frame in the functional groups, as a Siemens XA or Philips scanner sends a
     sagittal series); enhanced=True relabels it Enhanced MR Image Storage, the other multi-frame MR class the node
@@ -195,8 +222,10 @@ def write_multiframe(path: Path, spec: SeriesSpec, study_uid: str, pixels: list[
     from highdicom.legacy import LegacyConvertedEnhancedMRImage
 
     series_uid = generate_uid()
-    singles = [make_instance(spec, study_uid, series_uid, i, pixels=None if pixels is None else pixels[i])
-               for i in range(spec.slices)]
+    singles = [
+        make_instance(spec, study_uid, series_uid, i, pixels=None if pixels is None else pixels[i])
+        for i in range(spec.slices)
+    ]
     for ds in singles:
         ds.StudyID, ds.AccessionNumber = "1", "ACC1"
     mf = LegacyConvertedEnhancedMRImage(singles, series_uid, spec.series_number, generate_uid(), 1)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,25 +51,31 @@ def write_config(path: Path, data_dir: Path, port: int, **sections: dict[str, An
 
 
 class NodeProcess:
-    """`dicomnode serve` in a subprocess; ready when it logged 'listening'."""
+    """`dicomnode serve` in a subprocess; ready when it logged 'listening' (a worker: 'node started')."""
 
     def __init__(self, config: Path, log: Path) -> None:
         self.config, self.log = config, log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> "NodeProcess":
+    def start(self, timeout: float = 60) -> NodeProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.log, "ab")
+        fh = open(self.log, "ab")  # noqa: SIM115 - the child process writes to it until stopped
         start_at = self.log.stat().st_size
-        self.proc = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(self.config)],
-                                     stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=fh,
+            cwd=ROOT,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited: {self.log.read_text()[-3000:]}")
             with open(self.log, "rb") as f:
                 f.seek(start_at)
-                if b'"listening"' in f.read():
+                text = f.read()
+                if b'"listening"' in text or b'"node started"' in text:
                     return self
             time.sleep(0.05)
         raise TimeoutError("node did not start listening")
@@ -80,7 +87,7 @@ class NodeProcess:
 
     def memory_bytes(self, key: str = "VmRSS") -> int:
         """From /proc/PID/status: VmRSS now, VmHWM the peak so far."""
-        for line in open(f"/proc/{self.pid}/status"):
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
         raise ValueError(f"no {key} for {self.pid}")
@@ -101,18 +108,86 @@ class NodeProcess:
     def log_lines(self) -> list[dict[str, Any]]:
         out = []
         for line in self.log.read_text(errors="replace").splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
         return out
+
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (Debian's `postgresql`): initdb in a temporary folder as an unprivileged user
+    (`postgres` when the tests run as root: initdb refuses root), 127.0.0.1 and a free port, stopped by its PID."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.data, self.port = root, root / "pgdata", free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def start(self, timeout: float = 60) -> Postgres:
+        assert PG_BIN is not None, "PostgreSQL is not installed"
+        if not self.data.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(self.root, "postgres", "postgres")
+            init = [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "dicomnode", "--auth=trust", "-E", "UTF8"]
+            subprocess.run(self._as_owner([*init, "--no-sync"]), check=True, capture_output=True, timeout=120)
+        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - the server writes to it until stopped
+        cmd = [str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.root)]
+        cmd += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"]
+        self.proc = subprocess.Popen(self._as_owner(cmd), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                self.connect("postgres").close()
+                return self
+            except Exception:  # noqa: BLE001 - not accepting connections yet
+                if self.proc.poll() is not None:
+                    raise RuntimeError((self.root / "postgres.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+        raise TimeoutError("PostgreSQL did not start")
+
+    def connect(self, dbname: str) -> Any:
+        import psycopg
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="dicomnode", dbname=dbname, autocommit=True)
+
+    def database(self, name: str) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        with self.connect("postgres") as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://dicomnode@127.0.0.1:{self.port}/{name}"
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's PID, from postmaster.pid (runuser's child when the tests run as root)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(self.pid, signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
 
 
 class Orthanc:
     """Orthanc as the hospital PACS, with the node as a modality."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None,
-                 check_called_aet: bool = False, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        aet: str = "ORTHANC",
+        modalities: dict[str, Any] | None = None,
+        check_called_aet: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.check_called_aet = check_called_aet
         self.extra = extra or {}
         self.dir = workdir
@@ -122,18 +197,32 @@ class Orthanc:
         self.modalities = modalities or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Orthanc":
+    def start(self) -> Orthanc:
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg = {
-            "Name": "test-pacs", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
-            "HttpPort": self.http, "DicomPort": self.dicom, "DicomAet": self.aet, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": self.check_called_aet, "Plugins": [], "StableAge": 2,
-            "DicomModalities": self.modalities, "MaximumPduLength": 131072, **self.extra,
+            "Name": "test-pacs",
+            "StorageDirectory": str(self.dir / "db"),
+            "IndexDirectory": str(self.dir / "db"),
+            "HttpPort": self.http,
+            "DicomPort": self.dicom,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": self.check_called_aet,
+            "Plugins": [],
+            "StableAge": 2,
+            "DicomModalities": self.modalities,
+            "MaximumPduLength": 131072,
+            **self.extra,
         }
         (self.dir / "orthanc.json").write_text(json.dumps(cfg))
-        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", f"--logfile={self.dir / 'orthanc.log'}",
-                                      str(self.dir / "orthanc.json")], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/Orthanc", f"--logfile={self.dir / 'orthanc.log'}", str(self.dir / "orthanc.json")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=DCMTK_ENV,
+        )
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
@@ -168,8 +257,14 @@ class Orthanc:
                 self.proc.kill()
 
 
-def storescu(port: int, files: list[Path] | Path, aet: str = "STORESCU", aec: str = "DICOMNODE",
-             extra: list[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    files: list[Path] | Path,
+    aet: str = "STORESCU",
+    aec: str = "DICOMNODE",
+    extra: list[str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
     paths = [str(files)] if isinstance(files, Path) else [str(f) for f in files]
     cmd = ["storescu", "-v", "-aet", aet, "-aec", aec, *(extra or []), "127.0.0.1", str(port)]
     if isinstance(files, Path) and files.is_dir():
@@ -179,8 +274,9 @@ def storescu(port: int, files: list[Path] | Path, aet: str = "STORESCU", aec: st
 
 def echo_ok(port: int) -> bool:
     """DCMTK echoscu to the node: the 'still answers' check after every fault."""
-    r = subprocess.run(["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(port)], capture_output=True, env=DCMTK_ENV,
-                       timeout=60)
+    r = subprocess.run(
+        ["echoscu", "-aec", "DICOMNODE", "127.0.0.1", str(port)], capture_output=True, env=DCMTK_ENV, timeout=60
+    )
     return r.returncode == 0
 
 

@@ -42,8 +42,9 @@ def test_status_and_jobs_read_a_read_only_database_without_writing(open_dir: Pat
     engine = db.open_db(data / "dicomnode.db")
     with engine.begin() as conn:
         now = time.time()
-        job = conn.execute(db.jobs.insert().values(study_uid="1.2.3", state=JobState.QUEUED.value, created=now,
-                                                   updated=now)).inserted_primary_key[0]
+        job = conn.execute(
+            db.jobs.insert().values(study_uid="1.2.3", state=JobState.QUEUED.value, created=now, updated=now)
+        ).inserted_primary_key[0]
         db.set_job_state(conn, job, JobState.FAILED, "x", reason_code="no_input", reason="no sagittal T2")
     with engine.connect() as conn:  # checkpoint: everything in the main file, as after a clean stop
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -58,12 +59,14 @@ def test_status_and_jobs_read_a_read_only_database_without_writing(open_dir: Pat
     os.chmod(data, 0o555)  # not even a journal beside it
     as_user = unprivileged()
     try:
-        r = subprocess.run([*as_user, *DICOMNODE, "jobs", "--config", str(cfg), "--json"], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [*as_user, *DICOMNODE, "jobs", "--config", str(cfg), "--json"], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         assert [(j["id"], j["state"], j["reason_code"]) for j in json.loads(r.stdout)] == [(job, "failed", "no_input")]
-        r = subprocess.run([*as_user, *DICOMNODE, "status", "--config", str(cfg), "--json"], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [*as_user, *DICOMNODE, "status", "--config", str(cfg), "--json"], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["jobs"]["failed"] == 1
     finally:

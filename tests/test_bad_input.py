@@ -64,8 +64,9 @@ def test_broken_instances_are_refused_or_fail_their_job_and_the_node_stays_up(no
         t.write_bytes(m + b[: len(b) - 3000])
         truncated.append(t)
     # A wrong VR length before the UIDs (PatientName claims 60000 bytes): the header cannot be read.
-    m, b = meta_and_body(write_series(tmp_path / "b", SeriesSpec("T2 SAG", slices=1, rows=64, cols=64),
-                                      generate_uid())[0])
+    m, b = meta_and_body(
+        write_series(tmp_path / "b", SeriesSpec("T2 SAG", slices=1, rows=64, cols=64), generate_uid())[0]
+    )
     at = b.index(b"\x10\x00\x10\x00PN")
     bad_vr = tmp_path / "badvr.dcm"
     bad_vr.write_bytes(m + b[: at + 6] + (60000).to_bytes(2, "little") + b[at + 8 :])
@@ -76,8 +77,9 @@ def test_broken_instances_are_refused_or_fail_their_job_and_the_node_stays_up(no
     deadline = time.time() + 60
     jobs: list[dict] = []
     while time.time() < deadline:
-        r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True, timeout=60
+        )
         jobs = json.loads(r.stdout)
         if jobs and jobs[0]["state"] in ("failed", "no_input", "done"):
             break
@@ -87,8 +89,12 @@ def test_broken_instances_are_refused_or_fail_their_job_and_the_node_stays_up(no
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=2048), st.sampled_from(["1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
-                                                   "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "9.9.9"]))
+@given(
+    st.binary(max_size=2048),
+    st.sampled_from(
+        ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "9.9.9"]
+    ),
+)
 def test_read_uids_never_hangs_or_crashes_unexpectedly(data: bytes, ts: str):
     try:
         study, series = read_uids(data, ts)
@@ -99,8 +105,11 @@ def test_read_uids_never_hangs_or_crashes_unexpectedly(data: bytes, ts: str):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.floats(allow_nan=True), st.text(max_size=5), st.none()), max_size=8),
-       st.text(max_size=40), st.one_of(st.none(), st.floats(allow_nan=True), st.text(max_size=6)))
+@given(
+    st.lists(st.one_of(st.floats(allow_nan=True), st.text(max_size=5), st.none()), max_size=8),
+    st.text(max_size=40),
+    st.one_of(st.none(), st.floats(allow_nan=True), st.text(max_size=6)),
+)
 def test_selection_header_parsing_accepts_anything(iop, description, echo_time):
     plane, normal = plane_of(iop)
     assert plane in ("sagittal", "coronal", "axial", "oblique", "unknown")
@@ -118,8 +127,9 @@ def test_uids_with_path_characters_stay_inside_the_store(node_factory, tmp_path:
     node = node_factory().start()
     evil = []
     for i, uid in enumerate(["../../../tmp/evil", "1.2/../../x", "/etc/passwd"]):
-        ds = pydicom.dcmread(write_series(tmp_path / f"e{i}", SeriesSpec("T2 SAG", slices=1, rows=32, cols=32),
-                                          generate_uid())[0])
+        ds = pydicom.dcmread(
+            write_series(tmp_path / f"e{i}", SeriesSpec("T2 SAG", slices=1, rows=32, cols=32), generate_uid())[0]
+        )
         ds.StudyInstanceUID = uid
         ds.SeriesInstanceUID = uid + ".s"
         p = tmp_path / f"evil{i}.dcm"

@@ -66,8 +66,17 @@ def test_evaluate_json_contract_on_a_subset(shared_data: Path, tmp_path: Path):
     r = run("evaluate", "--data", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
-    for key in ("tianchi_macro_f1", "within_6mm", "seed_recall", "seed_precision", "seed_7class_accuracy",
-                "mean_error_mm", "all_levels_hit", "studies", "points"):
+    for key in (
+        "tianchi_macro_f1",
+        "within_6mm",
+        "seed_recall",
+        "seed_precision",
+        "seed_7class_accuracy",
+        "mean_error_mm",
+        "all_levels_hit",
+        "studies",
+        "points",
+    ):
         assert key in m
     assert m["studies"] == 8 and m["points"] >= 80
     assert m["within_6mm"] > 0.5  # the shipped model localises real slices
@@ -78,8 +87,7 @@ def test_evaluate_json_contract_on_a_subset(shared_data: Path, tmp_path: Path):
 
 
 @pytest.mark.data
-def test_evaluate_scores_a_missing_image_as_unanswered_and_reads_a_pacs_style_export(shared_data: Path,
-                                                                                     tmp_path: Path):
+def test_evaluate_scores_a_missing_image_as_unanswered_and_reads_a_pacs_style_export(shared_data: Path, tmp_path: Path):
     """Files without an extension beside non-DICOM files (a PACS export) are found, a bare data set without the
     Part 10 header too; a study whose image is missing stays in the score, all its points missed, and is named;
     none found at all is an error."""

@@ -26,8 +26,14 @@ def build_study(shared: Path, folder: Path) -> tuple[str, list[Path]]:
     pixels = src.pixel_array.astype(np.uint16)
     study = generate_uid()
     files: list[Path] = []
-    sag = SeriesSpec("T2_TSE_SAG", slices=5, rows=pixels.shape[0], cols=pixels.shape[1],
-                     pixel_spacing=tuple(float(v) for v in src.PixelSpacing), series_number=3)
+    sag = SeriesSpec(
+        "T2_TSE_SAG",
+        slices=5,
+        rows=pixels.shape[0],
+        cols=pixels.shape[1],
+        pixel_spacing=tuple(float(v) for v in src.PixelSpacing),
+        series_number=3,
+    )
     series = generate_uid()
     (folder / "sag").mkdir(parents=True)
     for i in range(sag.slices):
@@ -35,11 +41,15 @@ def build_study(shared: Path, folder: Path) -> tuple[str, list[Path]]:
         p = folder / "sag" / f"{i}.dcm"
         ds.save_as(p, enforce_file_format=True)
         files.append(p)
-    files += write_series(folder / "t1", SeriesSpec("T1_TSE_SAG", echo_time=10, repetition_time=500, series_number=2),
-                          study)
+    files += write_series(
+        folder / "t1", SeriesSpec("T1_TSE_SAG", echo_time=10, repetition_time=500, series_number=2), study
+    )
     files += write_series(folder / "ax", SeriesSpec("T2_TSE_TRA", plane="ax", slices=4, series_number=4), study)
-    files += write_series(folder / "loc", SeriesSpec("localizer", slices=3, series_number=1,
-                                                     image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")), study)
+    files += write_series(
+        folder / "loc",
+        SeriesSpec("localizer", slices=3, series_number=1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
+        study,
+    )
     for f in files:  # distinctive patient data, to prove it never reaches a log or a log table
         ds = pydicom.dcmread(f)
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = PHI
@@ -55,8 +65,10 @@ def assert_no_phi(node) -> None:
 
     text = node.log.read_text(errors="replace")
     con = sqlite3.connect(node.data_dir / "dicomnode.db")
-    rows = con.execute("select detail from job_events union all select reason from jobs "
-                       "union all select detail from associations union all select selection from jobs").fetchall()
+    rows = con.execute(
+        "select detail from job_events union all select reason from jobs "
+        "union all select detail from associations union all select selection from jobs"
+    ).fetchall()
     con.close()
     text += "\n".join(str(r[0]) for r in rows)
     for value in (*PHI, "Zyxwvutsr", "Qponm", "1945-06-07"):
@@ -68,8 +80,9 @@ def test_orthanc_to_node_to_orthanc(node_factory, orthanc_factory, shared_data, 
 
     node_port = free_port()
     pacs = orthanc_factory({"node": {"AET": "DICOMNODE", "Host": "127.0.0.1", "Port": node_port}})
-    node = node_factory(port=node_port, destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                                                       "port": pacs.dicom}]).start()
+    node = node_factory(
+        port=node_port, destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom}]
+    ).start()
     study, files = build_study(shared_data, tmp_path / "study")
     orthanc_id = pacs.upload(files)[0]
     before = len(pacs.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study}}))
@@ -86,8 +99,9 @@ def test_orthanc_to_node_to_orthanc(node_factory, orthanc_factory, shared_data, 
         time.sleep(0.5)
     latency = time.time() - sent_at
     assert {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.11.1"} <= classes, node.log.read_text()[-3000:]
-    r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True, timeout=60
+    )
     jobs = json.loads(r.stdout)
     assert [j["state"] for j in jobs] == ["done"]
     assert jobs[0]["selection"]["series_description"] == "T2_TSE_SAG"
@@ -100,8 +114,9 @@ def test_orthanc_to_node_to_orthanc(node_factory, orthanc_factory, shared_data, 
     print(f"\nlast instance pushed -> SR+GSPS stored in Orthanc: {latency:.1f} s")
 
 
-def test_a_multi_frame_series_goes_through_and_the_marks_land_on_the_analysed_frame(node_factory, orthanc_factory,
-                                                                                      shared_data, tmp_path: Path):
+def test_a_multi_frame_series_goes_through_and_the_marks_land_on_the_analysed_frame(
+    node_factory, orthanc_factory, shared_data, tmp_path: Path
+):
     """A sagittal T2 series sent as one Legacy Converted Enhanced MR object (five frames; the real slice is the
     middle one, the others no anatomy): the job ends done, the SR and GSPS reach Orthanc, both reference the
     middle frame, and DCMTK draws the GSPS on that frame only."""
@@ -111,16 +126,22 @@ def test_a_multi_frame_series_goes_through_and_the_marks_land_on_the_analysed_fr
 
     node_port = free_port()
     pacs = orthanc_factory({"node": {"AET": "DICOMNODE", "Host": "127.0.0.1", "Port": node_port}})
-    node = node_factory(port=node_port, destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                                                       "port": pacs.dicom}]).start()
+    node = node_factory(
+        port=node_port, destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom}]
+    ).start()
     src = pydicom.dcmread(load_dataset(shared_data)[5].path)
     real = src.pixel_array.astype(np.uint16)
     from dicomgen import phantom
 
     frames = [phantom(*real.shape, seed=k) for k in range(5)]
     frames[2] = real
-    spec = SeriesSpec("T2_TSE_SAG", slices=5, rows=real.shape[0], cols=real.shape[1],
-                      pixel_spacing=tuple(float(v) for v in src.PixelSpacing))
+    spec = SeriesSpec(
+        "T2_TSE_SAG",
+        slices=5,
+        rows=real.shape[0],
+        cols=real.shape[1],
+        pixel_spacing=tuple(float(v) for v in src.PixelSpacing),
+    )
     study = generate_uid()
     mf = write_multiframe(tmp_path / "mf.dcm", spec, study, pixels=frames)
     pacs.post("/modalities/node/store", {"Resources": pacs.upload([mf]), "Synchronous": True})
@@ -137,8 +158,9 @@ def test_a_multi_frame_series_goes_through_and_the_marks_land_on_the_analysed_fr
                 got[kind].write_bytes(urllib.request.urlopen(pacs.url(f"/instances/{i}/file"), timeout=30).read())
         time.sleep(0.5)
     assert set(got) == {"sr", "gsps"}, node.log.read_text()[-3000:]
-    r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True, timeout=60
+    )
     job = json.loads(r.stdout)[0]
     assert job["state"] == "done" and job["selection"]["chosen_frame"] == 3, job
     gsps = pydicom.dcmread(got["gsps"])
@@ -150,10 +172,17 @@ def test_a_multi_frame_series_goes_through_and_the_marks_land_on_the_analysed_fr
     for path in got.values():
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
         assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")], path
+
     # DCMTK applies a presentation state's frame references: its dump (of frame 1) shows none of the marks; the same
     # presentation state pointed at frame 1 shows them all, at the node's coordinates
-    dump = lambda pr: subprocess.run(["dcmp2pgm", "-v", "-p", str(pr), str(mf), "/dev/null"],  # noqa: E731
-                                     capture_output=True, text=True, timeout=60)
+    def dump(pr: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["dcmp2pgm", "-v", "-p", str(pr), str(mf), "/dev/null"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     assert "Number of graphic objects: 0" in dump(got["gsps"]).stderr
     assert all(f"Number of graphic objects: {n}" not in dump(got["gsps"]).stderr for n in range(1, 12))
     for item in gsps.GraphicAnnotationSequence:

@@ -14,8 +14,8 @@ from ai.decide import Decision
 from ai.ensemble import assemble, combine_oof
 from ai.imaging import spine_geometry
 from ai.infer import AGREE_SPACINGS, Analyzer, Member
-from ai.results import LevelResult, numbering_uncertain
 from ai.models import Grader, LandmarkNet
+from ai.results import LevelResult, numbering_uncertain
 
 
 def _member(folder: Path, seed: int, grader: bool = True, size: int = 64) -> Path:
@@ -28,8 +28,11 @@ def _member(folder: Path, seed: int, grader: bool = True, size: int = 64) -> Pat
 def _ensemble_folder(root: Path) -> Path:
     for name, seed, grader, size in (("a", 1, True, 64), ("b", 2, True, 96), ("c", 3, False, 64)):
         _member(root / name, seed, grader, size)
-    meta = {"ensemble": {"members": ["a", "b", "c"], "locate": ["a", "b", "c"], "grade": ["a", "b"]},
-            "decision": Decision().to_dict(), "version": "test"}
+    meta = {
+        "ensemble": {"members": ["a", "b", "c"], "locate": ["a", "b", "c"], "grade": ["a", "b"]},
+        "decision": Decision().to_dict(),
+        "version": "test",
+    }
     (root / "model.json").write_text(json.dumps(meta))
     return root
 
@@ -56,7 +59,7 @@ def test_candidate_slices_located_in_one_batch_get_the_points_of_one_at_a_time(t
     rng = np.random.default_rng(1)
     slices = [rng.random(shape, dtype=np.float32) * 900 for shape in ((200, 160), (200, 160), (240, 240))]
     batch = ens.locate_slices(slices)
-    for pixels, found in zip(slices, batch):
+    for pixels, found in zip(slices, batch, strict=True):
         alone = ens.locate_slices([pixels])[0]
         assert np.allclose(found.xy, alone.xy, atol=1e-3) and np.allclose(found.loc, alone.loc, atol=1e-5)
         assert np.array_equal(found.agreement, alone.agreement)
@@ -77,8 +80,11 @@ def test_combine_oof_outvotes_a_member_one_level_off():
     right = np.stack([np.full(11, 100.0), 20.0 * np.arange(11)], 1)
     shifted = right + [0.0, 20.0]  # the whole chain one level down
     oof = lambda xy, p: [{"study_uid": "s", "xy": xy.tolist(), "loc": [1.0] * 11, "probs": [p] * 11}]  # noqa: E731
-    out = combine_oof(["s"], [oof(right, [1.0] * 7), oof(right + 1, [1.0] * 7), oof(shifted, [1.0] * 7)],
-                      [oof(right, [0.2] * 7), oof(right, [0.6] * 7)])
+    out = combine_oof(
+        ["s"],
+        [oof(right, [1.0] * 7), oof(right + 1, [1.0] * 7), oof(shifted, [1.0] * 7)],
+        [oof(right, [0.2] * 7), oof(right, [0.6] * 7)],
+    )
     assert np.allclose(out[0]["xy"], right + [0.0, 1.0])  # a mean would put every point 7 px down the spine
     assert np.allclose(out[0]["probs"], 0.4)
 
@@ -128,12 +134,17 @@ def test_tianchi_heads_come_from_the_named_graders_and_spider_heads_from_those_t
     _member(tmp_path / "t", 1)
     torch.manual_seed(2)
     meta = {"width": 8, "input_size": 64, "crop_size": 32, "grader_arch": "resnet18", "grader_outputs": N_GRADES_BOTH}
-    Member(LandmarkNet(8), Grader(outputs=N_GRADES_BOTH), dict(meta, decision=Decision(disc_rule=DiscRule()).to_dict()),
-           torch.device("cpu")).save(tmp_path / "j")
+    Member(
+        LandmarkNet(8),
+        Grader(outputs=N_GRADES_BOTH),
+        dict(meta, decision=Decision(disc_rule=DiscRule()).to_dict()),
+        torch.device("cpu"),
+    ).save(tmp_path / "j")
     (tmp_path / "j" / "landmarks.safetensors").unlink()  # a grading-only member, as ai.ensemble copies one
     spec = {"members": ["t", "j"], "locate": ["t"], "grade": ["t", "j"], "tianchi_heads": ["t"]}
-    (tmp_path / "model.json").write_text(json.dumps({"ensemble": spec, "version": "test",
-                                                     "decision": Decision(disc_rule=DiscRule()).to_dict()}))
+    (tmp_path / "model.json").write_text(
+        json.dumps({"ensemble": spec, "version": "test", "decision": Decision(disc_rule=DiscRule()).to_dict()})
+    )
     ens = Analyzer.load(tmp_path, "cpu")
     img = np.random.default_rng(0).random((200, 160), dtype=np.float32)
     xy, _ = ens.locate(img)

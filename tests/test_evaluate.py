@@ -22,8 +22,10 @@ def study(labels: dict[str, list[str]] | None = None, missing: str | None = None
 
 
 def preds(s: Study, dx: float = 0.0, labels: dict[str, list[str]] | None = None) -> list[dict]:
-    return [{"level": p.level, "x": p.x + dx, "y": p.y, "labels": (labels or {}).get(p.level, p.labels)}
-            for p in s.points.values()]
+    return [
+        {"level": p.level, "x": p.x + dx, "y": p.y, "labels": (labels or {}).get(p.level, p.labels)}
+        for p in s.points.values()
+    ]
 
 
 def test_perfect_predictions_score_one_on_present_classes():
@@ -60,9 +62,15 @@ def test_missing_ground_truth_point_and_extra_prediction():
     assert m["per_class"]["vertebra_v2"]["fp"] == 1
 
 
-@pytest.mark.parametrize("kind, labels, expected", [
-    ("disc", ["v2", "v5"], "disc-v2"), ("disc", ["v5"], "disc-v5"), ("vertebra", ["v2"], "vertebra-v2"),
-    ("disc", [], None)])
+@pytest.mark.parametrize(
+    "kind, labels, expected",
+    [
+        ("disc", ["v2", "v5"], "disc-v2"),
+        ("disc", ["v5"], "disc-v5"),
+        ("vertebra", ["v2"], "vertebra-v2"),
+        ("disc", [], None),
+    ],
+)
 def test_seed_classes(kind, labels, expected):
     assert seed_class(kind, labels) == expected
 

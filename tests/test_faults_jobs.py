@@ -20,8 +20,10 @@ SR, GSPS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.11.1"
 
 def test_kill9_during_jobs_results_exactly_once(node_factory, orthanc_factory, tmp_path: Path):
     pacs = orthanc_factory()
-    node = node_factory(destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom}],
-                        scheduler={"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2}).start()
+    node = node_factory(
+        destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom}],
+        scheduler={"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2},
+    ).start()
     studies = [generate_uid() for _ in range(4)]
     for i, study in enumerate(studies):
         r = storescu(node.port, write_series(tmp_path / f"s{i}", SeriesSpec("T2 SAG", slices=5), study))
@@ -32,8 +34,9 @@ def test_kill9_during_jobs_results_exactly_once(node_factory, orthanc_factory, t
         node.start()
 
     def job_states() -> list[str]:
-        r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True, timeout=60
+        )
         return [j["state"] for j in json.loads(r.stdout)]
 
     deadline = time.time() + 180
@@ -55,10 +58,11 @@ def test_pacs_down_for_a_minute_then_back(node_factory, tmp_path: Path):
     pacs = Orthanc(tmp_path / "pacs")  # same ports and storage across the outage
     try:  # stopped by its PID even when the node fails to start
         pacs.start()
-        node = node_factory(destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                                           "port": pacs.dicom}],
-                            scheduler={"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2},
-                            output={"send_retries": 10, "retry_backoff_seconds": 2}).start()
+        node = node_factory(
+            destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom}],
+            scheduler={"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2},
+            output={"send_retries": 10, "retry_backoff_seconds": 2},
+        ).start()
         pacs.stop()
         down_at = time.time()
         study = generate_uid()
@@ -66,8 +70,9 @@ def test_pacs_down_for_a_minute_then_back(node_factory, tmp_path: Path):
         assert successes(r.stdout + r.stderr) == 5
 
         def job() -> dict:
-            r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True,
-                               text=True, timeout=60)
+            r = subprocess.run(
+                [*DICOMNODE, "jobs", "--config", str(node.config), "--json"], capture_output=True, text=True, timeout=60
+            )
             rows = json.loads(r.stdout)
             return rows[0] if rows else {}
 

@@ -77,13 +77,22 @@ def test_database_write_locked_by_another_process(node_factory, tmp_path: Path):
     files = write_series(tmp_path / "src", SeriesSpec(slices=40, rows=64, cols=64), generate_uid())
     node = node_factory().start()
     db = node.data_dir / "dicomnode.db"
-    locker = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, time, sys\n"
-        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE')\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(4)\n"
-        "c.execute('COMMIT')\n")], stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, time, sys\n"
+                f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+                "c.execute('BEGIN IMMEDIATE')\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(4)\n"
+                "c.execute('COMMIT')\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert locker.stdout.readline().strip() == "locked"
     t0 = time.time()
     r = storescu(node.port, files)

@@ -10,14 +10,15 @@ import numpy as np
 import pydicom
 import pytest
 from dicomgen import SeriesSpec, write_series
-from stages import Stages
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from stages import Stages
 
-from ai.results import LevelResult, Located
 from ai.labels import LEVELS, level_kind
-from dicomnode.config import Config, SchedulerConfig
+from ai.results import LevelResult, Located
 from dicomnode.admin import reprocess_study, retry_job
+from dicomnode.config import Config, SchedulerConfig
 from storage import db
 from storage.filestore import FileStore
 from storage.states import JobState
@@ -37,8 +38,10 @@ class FakeAnalyzer:
         return found
 
     def grade_slice(self, found):
-        return [LevelResult(lv, level_kind(lv), float(x), float(y), ["v3"] if lv == "L4-L5" else ["v1"], 0.9, 0.95)
-                for lv, (x, y) in zip(LEVELS, found.xy)]
+        return [
+            LevelResult(lv, level_kind(lv), float(x), float(y), ["v3"] if lv == "L4-L5" else ["v1"], 0.9, 0.95)
+            for lv, (x, y) in zip(LEVELS, found.xy, strict=True)
+        ]
 
 
 @pytest.fixture
@@ -59,11 +62,21 @@ def ingest(engine, store: FileStore, files: list[Path], at: float) -> None:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         dest = store.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
         store.write(dest, f.read_bytes())
-        db.record_instance(conn, {"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
-                                  "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
-                                  "transfer_syntax": "1.2.840.10008.1.2.1", "path": str(dest.relative_to(store.root)),
-                                  "size": dest.stat().st_size, "received_at": at, "association_id": None,
-                                  "calling_ae": "PACS"})
+        db.record_instance(
+            conn,
+            {
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "sop_class_uid": str(ds.SOPClassUID),
+                "study_uid": str(ds.StudyInstanceUID),
+                "series_uid": str(ds.SeriesInstanceUID),
+                "transfer_syntax": "1.2.840.10008.1.2.1",
+                "path": str(dest.relative_to(store.root)),
+                "size": dest.stat().st_size,
+                "received_at": at,
+                "association_id": None,
+                "calling_ae": "PACS",
+            },
+        )
     conn.close()
 
 
@@ -74,8 +87,12 @@ def jobs(engine) -> list:
 
 def events(engine, job_id: int) -> list[tuple[str, str]]:
     with engine.connect() as conn:
-        return [(r.state, r.detail) for r in conn.execute(
-            select(db.job_events).where(db.job_events.c.job_id == job_id).order_by(db.job_events.c.id))]
+        return [
+            (r.state, r.detail)
+            for r in conn.execute(
+                select(db.job_events).where(db.job_events.c.job_id == job_id).order_by(db.job_events.c.id)
+            )
+        ]
 
 
 def queue_study(runner: Stages, files: list[Path], t0: float) -> None:
@@ -167,13 +184,16 @@ def test_new_instances_make_a_revision_only_when_the_selection_changes(env, tmp_
     queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), study), t0)
     drain(runner)
     # an axial series arrives later: the selected series is unchanged
-    ingest(engine, store, write_series(tmp_path / "b", SeriesSpec("T2 TRA", plane="ax", series_number=2), study), t0 + 200)
+    ingest(
+        engine, store, write_series(tmp_path / "b", SeriesSpec("T2 TRA", plane="ax", series_number=2), study), t0 + 200
+    )
     runner.tick(now=t0 + 300)
     assert len(jobs(engine)) == 1
     assert "did not change" in events(engine, jobs(engine)[0].id)[-1][1]
     # a better sagittal T2 (more slices) arrives: a new revision supersedes the first
-    ingest(engine, store, write_series(tmp_path / "c", SeriesSpec("T2 SAG 2", slices=9, series_number=3), study),
-           t0 + 400)
+    ingest(
+        engine, store, write_series(tmp_path / "c", SeriesSpec("T2 SAG 2", slices=9, series_number=3), study), t0 + 400
+    )
     runner.tick(now=t0 + 500)
     first, second = jobs(engine)
     assert second.revision == 2 and second.state == "queued"
@@ -181,6 +201,77 @@ def test_new_instances_make_a_revision_only_when_the_selection_changes(env, tmp_
     first, second = jobs(engine)
     assert second.state == "done" and first.state == "superseded"
     assert json.loads(second.selection)["series_description"] == "T2 SAG 2"
+
+
+def active(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(db.studies.c.study_uid, db.studies.c.active)).all())
+
+
+def test_the_rule_looks_only_at_studies_with_something_to_do(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    study = generate_uid()
+    t0 = time.time() - 5000
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), study), t0)
+    assert active(engine) == {study: 1}  # queued: still the rule's until its job ends
+    drain(runner)
+    runner.tick(now=t0 + 150)
+    assert active(engine) == {study: 0}  # done with every instance seen: out of the rule's reads
+    runner.tick(now=t0 + 160)
+    assert len(jobs(engine)) == 1
+    more = write_series(tmp_path / "b", SeriesSpec("T2 SAG 2", slices=9, series_number=3), study)
+    ingest(engine, store, more, t0 + 200)
+    assert active(engine) == {study: 1}  # a new instance brings it back
+    runner.tick(now=t0 + 300)
+    assert [j.revision for j in jobs(engine)] == [1, 2]
+
+
+def test_a_settled_study_stays_active_when_an_instance_arrived_meanwhile(env, tmp_path: Path):
+    """The rule clears `active` only for the instance count it read: one that arrived in between keeps it."""
+    cfg, engine, store, runner = env
+    study = generate_uid()
+    t0 = time.time() - 5000
+    queue_study(runner, write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=3), study), t0)
+    drain(runner)
+    with engine.begin() as conn:  # as if the receive path counted one more between the rule's read and its write
+        conn.execute(db.studies.update().values(instances=db.studies.c.instances + 1))
+    runner.tick(now=t0 + 150)
+    assert active(engine) == {study: 1}
+
+
+def test_one_job_per_study_revision_is_a_constraint(env):
+    cfg, engine, store, runner = env
+    with engine.begin() as conn:
+        db.new_job(conn, "1.2.3", 1, "first")
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        db.new_job(conn, "1.2.3", 1, "a second job for the same revision")
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path):
+    path = tmp_path / "old.db"
+    engine = db.open_db(path)
+    with engine.begin() as conn:  # back to the version 1 schema, with a study in it
+        for stmt in (
+            "DROP INDEX ix_studies_active",
+            "DROP INDEX ux_jobs_study_revision",
+            "ALTER TABLE studies DROP COLUMN active",
+            "DROP INDEX ix_jobs_lease_owner",
+            "DROP TABLE nodes",
+            "ALTER TABLE jobs DROP COLUMN lease_owner",
+            "ALTER TABLE jobs DROP COLUMN lease_until",
+            "PRAGMA user_version=1",
+        ):
+            conn.exec_driver_sql(stmt)
+        conn.exec_driver_sql(
+            "INSERT INTO studies (study_uid, first_received, last_received, instances) VALUES ('1.2', 0, 0, 3)"
+        )
+    engine.dispose()
+    engine = db.open_db(path)
+    assert active(engine) == {"1.2": 1}
+    with engine.connect() as conn:
+        names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"ix_studies_active", "ux_jobs_study_revision"} <= names
+        assert conn.exec_driver_sql("PRAGMA user_version").scalar() == db.SCHEMA_VERSION
 
 
 def test_restart_resumes_running_jobs(env, tmp_path: Path):

@@ -39,8 +39,9 @@ def test_usable_discs_trust_an_agreed_regular_chain_only():
     assert not usable_discs(skipped, agree).any()
 
 
-def probs(disc=(0.7, 0.2, 0.08, 0.02), herniation=0.1, bulging=0.3,
-          pfirrmann=(0.1, 0.6, 0.2, 0.05, 0.05)) -> np.ndarray:
+def probs(
+    disc=(0.7, 0.2, 0.08, 0.02), herniation=0.1, bulging=0.3, pfirrmann=(0.1, 0.6, 0.2, 0.05, 0.05)
+) -> np.ndarray:
     p = np.zeros(N_GRADES_BOTH)
     p[0:2] = (0.5, 0.5)
     p[DISC] = disc
@@ -51,8 +52,9 @@ def probs(disc=(0.7, 0.2, 0.08, 0.02), herniation=0.1, bulging=0.3,
 
 
 def test_disc_rule_mixes_both_readings_and_puts_herniation_first():
-    rule = DiscRule(herniation_mix=0.5, herniation_threshold=0.5, extrusion_share=0.5, bulge_mix=0.5,
-                    bulge_threshold=0.5)
+    rule = DiscRule(
+        herniation_mix=0.5, herniation_threshold=0.5, extrusion_share=0.5, bulge_mix=0.5, bulge_threshold=0.5
+    )
     assert rule.call(probs())[0] == "v1"
     # SPIDER's herniation head alone sure, the Tianchi head not: (0.1 + 0.95) / 2 >= 0.5
     assert rule.call(probs(herniation=0.95))[0] == "v3"
@@ -88,8 +90,12 @@ def test_grade_probs_of_both_heads_are_distributions():
 def test_a_grader_with_spider_heads_saves_loads_and_reports_pfirrmann(tmp_path: Path):
     torch.manual_seed(0)
     meta = {"width": 8, "crop_size": 32, "grader_outputs": N_GRADES_BOTH}
-    Member(LandmarkNet(8), Grader(outputs=N_GRADES_BOTH), dict(meta, decision=Decision(disc_rule=DiscRule()).to_dict()),
-           torch.device("cpu")).save(tmp_path)
+    Member(
+        LandmarkNet(8),
+        Grader(outputs=N_GRADES_BOTH),
+        dict(meta, decision=Decision(disc_rule=DiscRule()).to_dict()),
+        torch.device("cpu"),
+    ).save(tmp_path)
     loaded = Analyzer.load(tmp_path, "cpu")
     levels = loaded.analyze(np.random.default_rng(0).random((120, 100), dtype=np.float32), (1.0, 1.0))
     for lv in levels:
@@ -103,7 +109,7 @@ def test_a_grader_with_spider_heads_saves_loads_and_reports_pfirrmann(tmp_path: 
 
 
 def spider_subset(folder: Path, n: int) -> Path:
-    rows = list(csv.DictReader(open(SPIDER_DATA / "labels.csv", newline="")))
+    rows = list(csv.DictReader((SPIDER_DATA / "labels.csv").read_text().splitlines()))
     patients = list(dict.fromkeys(r["patient"] for r in rows))[:n]
     folder.mkdir(parents=True)
     with open(folder / "labels.csv", "w", newline="") as f:
@@ -128,7 +134,7 @@ def test_run_with_spider_trains_both_heads_and_reports_both_sets(shared_data: Pa
     recipe = Recipe(lm_epochs=1, gr_epochs=1, width=8, input_size=128, crop_size=32)
     report = run(data, tmp_path / "out", recipe, folds=2, log=lambda m: None, spider_dir=spider)
     assert {"spider_herniation_specificity", "spider_pfirrmann_accuracy", "tianchi_macro_f1"} <= set(report["cv_mean"])
-    discs = sum(1 for _ in open(spider / "labels.csv")) - 1
+    discs = len((spider / "labels.csv").read_text().splitlines()) - 1
     assert report["spider_pooled_nested"]["discs"] == discs
     # each fold counts both sets apart: Tianchi's studies, SPIDER's discs
     assert sum(m["studies"] for m in report["per_fold"]) == 10

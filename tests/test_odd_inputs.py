@@ -60,9 +60,21 @@ def sr_study(folder: Path) -> list[Path]:
     ds = make_instance(SeriesSpec(slices=1, rows=8, cols=8), generate_uid(), generate_uid(), 0)
     as_class(ds, SR_TEXT, "SR")
     for k in list(ds.keys()):
-        if ds[k].keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
-                             "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation",
-                             "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness"):
+        if ds[k].keyword in (
+            "PixelData",
+            "Rows",
+            "Columns",
+            "BitsAllocated",
+            "BitsStored",
+            "HighBit",
+            "PixelRepresentation",
+            "SamplesPerPixel",
+            "PhotometricInterpretation",
+            "ImageOrientationPatient",
+            "ImagePositionPatient",
+            "PixelSpacing",
+            "SliceThickness",
+        ):
             del ds[k]
     ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
     return [save(ds, folder, "sr.dcm")]
@@ -105,14 +117,24 @@ CASES = {
     "enhanced_mr": (enhanced_mr_study, {"no_input"}),
     "signed16": (signed_study, {"done"}),
     "large2048": (lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3, rows=2048, cols=2048)), {"done"}),
-    "nonsquare": (lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3, rows=320, cols=512,
-                                                 pixel_spacing=(0.5, 1.0))), {"done"}),
-    "iso2022": (lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3), patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう",
-                                 charset=["", "ISO 2022 IR 87"]), {"done"}),
-    "gb18030": (lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3), patient_name="张^三", charset="GB18030"),
-                {"done"}),
-    "utf8": (lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3), patient_name="Müller^Zoë", charset="ISO_IR 192"),
-             {"done"}),
+    "nonsquare": (
+        lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3, rows=320, cols=512, pixel_spacing=(0.5, 1.0))),
+        {"done"},
+    ),
+    "iso2022": (
+        lambda f: sag_t2(
+            f,
+            SeriesSpec("T2 SAG", slices=3),
+            patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう",
+            charset=["", "ISO 2022 IR 87"],
+        ),
+        {"done"},
+    ),
+    "gb18030": (lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3), patient_name="张^三", charset="GB18030"), {"done"}),
+    "utf8": (
+        lambda f: sag_t2(f, SeriesSpec("T2 SAG", slices=3), patient_name="Müller^Zoë", charset="ISO_IR 192"),
+        {"done"},
+    ),
 }
 
 
@@ -126,8 +148,12 @@ def test_odd_inputs_end_in_clear_states(node_factory, tmp_path: Path):
         studies[str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)] = name
 
     def by_study() -> dict[str, dict]:
-        r = subprocess.run([*DICOMNODE, "jobs", "--config", str(node.config), "--json", "--limit", "100"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [*DICOMNODE, "jobs", "--config", str(node.config), "--json", "--limit", "100"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return {studies.get(j["study_uid"], j["study_uid"]): j for j in json.loads(r.stdout)}
 
     final = {"done", "failed", "no_input"}

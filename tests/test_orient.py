@@ -31,18 +31,23 @@ def test_every_variant_turns_back_to_the_canonical_image_and_points_map_back(nam
     # a point on the canonical image lands on the stored pixel with the same value, and back again
     pts = np.array([[3.0, 7.0], [29.0, 0.0], [12.0, 39.0]])
     back = c.to_stored(pts, stored.shape)
-    for (x, y), (sx, sy) in zip(pts, back):
+    for (x, y), (sx, sy) in zip(pts, back, strict=True):
         assert stored[int(sy), int(sx)] == canon[int(y), int(x)]
     assert np.allclose(c.to_canonical(back, stored.shape), pts)
     assert c.identity == (name in ("plain", "oblique 20 degrees"))
 
 
-@pytest.mark.parametrize("iop, why", [
-    ((1, 0, 0, 0, 1, 0), "not a sagittal"),  # axial
-    ((1, 0, 0, 0, 0, -1), "not a sagittal"),  # coronal
-    ((0, 0.7071, 0.7071, 0, -0.7071, 0.7071), "leans to no patient axis"),  # 45 degrees: which way is up?
-    (None, "not six numbers"), ((0, 1, 0), "not six numbers"), ((0, 0, 0, 0, 0, -1), "zero direction"),
-])
+@pytest.mark.parametrize(
+    "iop, why",
+    [
+        ((1, 0, 0, 0, 1, 0), "not a sagittal"),  # axial
+        ((1, 0, 0, 0, 0, -1), "not a sagittal"),  # coronal
+        ((0, 0.7071, 0.7071, 0, -0.7071, 0.7071), "leans to no patient axis"),  # 45 degrees: which way is up?
+        (None, "not six numbers"),
+        ((0, 1, 0), "not six numbers"),
+        ((0, 0, 0, 0, 0, -1), "zero direction"),
+    ],
+)
 def test_an_orientation_that_cannot_be_named_is_an_error_with_a_reason(iop, why):
     with pytest.raises(OrientationError, match=why):
         canonical(iop)

@@ -99,6 +99,7 @@ def test_a_multi_frame_series_is_analysed_frame_by_frame(tmp_path: Path):
     assert set(result.slice_scores) == {f"{uid} frame {k}" for k in (2, 3, 4)}
     assert result.frame in (2, 3, 4) and result.decision().chosen_frame == result.frame
     assert result.to_json()["frame"] == result.frame
-    enhanced = write_multiframe(tmp_path / "emr.dcm", SeriesSpec("T2 SAG", slices=5), "1.2.826.0.1.3680043.8.498.8",
-                                enhanced=True)
+    enhanced = write_multiframe(
+        tmp_path / "emr.dcm", SeriesSpec("T2 SAG", slices=5), "1.2.826.0.1.3680043.8.498.8", enhanced=True
+    )
     assert analyse([enhanced], Analyzer.load("default", "cpu"), candidates=1).frame == 3

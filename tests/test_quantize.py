@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from dicomgen import phantom
+from test_fused import _trained_looking
 from torch.ao.quantization import get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-from test_fused import _trained_looking
 
 from ai import int8, quantize
 from ai.data import load_dataset
@@ -64,8 +64,14 @@ def _live_float_mb() -> float:
     gc.collect()
     with warnings.catch_warnings():  # isinstance on every live object touches deprecated torch aliases
         warnings.simplefilter("ignore")
-        return sum(t.numel() * t.element_size() for t in gc.get_objects()
-                   if isinstance(t, torch.Tensor) and t.is_floating_point()) / 2**20
+        return (
+            sum(
+                t.numel() * t.element_size()
+                for t in gc.get_objects()
+                if isinstance(t, torch.Tensor) and t.is_floating_point()
+            )
+            / 2**20
+        )
 
 
 def test_building_an_int8_grader_keeps_no_float_network_alive():

@@ -33,11 +33,16 @@ def dataset_bytes(path: Path) -> bytes:
 
 def test_echo_from_dcmtk_and_from_our_cli(node_factory):
     node = node_factory().start()
-    r = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)],
-                       capture_output=True, env=DCMTK_ENV, timeout=60)
+    r = subprocess.run(
+        ["echoscu", "-aet", "ECHOSCU", "-aec", "DICOMNODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        env=DCMTK_ENV,
+        timeout=60,
+    )
     assert r.returncode == 0
-    r = subprocess.run([*DICOMNODE, "echo", f"DICOMNODE@127.0.0.1:{node.port}"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [*DICOMNODE, "echo", f"DICOMNODE@127.0.0.1:{node.port}"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -46,7 +51,7 @@ def test_every_transfer_syntax_is_stored_byte_exact(node_factory, tmp_path: Path
     study = generate_uid()
     files = [write_in_syntax(tmp_path / f"ts{i}.dcm", ts, study) for i, ts in enumerate(ALL_SYNTAXES)]
     flags = ["-xi", "-xe", "-xd", "-xy", "-xx", "-xs", "-xt", "-xv", "-xr"]  # storescu's flag per syntax
-    for f, flag in zip(files, flags):  # one association per file, proposing that file's own syntax
+    for f, flag in zip(files, flags, strict=True):  # one association per file, proposing that file's own syntax
         r = storescu(node.port, [f], extra=[flag])
         assert successes(r.stdout + r.stderr) == 1, (f, r.stdout + r.stderr)
     rows = dict(db_rows(node, "select sop_instance_uid, path from instances"))
@@ -54,8 +59,10 @@ def test_every_transfer_syntax_is_stored_byte_exact(node_factory, tmp_path: Path
     for f in files:
         sent = pydicom.dcmread(f, stop_before_pixels=True)
         stored = node.data_dir / rows[str(sent.SOPInstanceUID)]
-        assert pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID == \
-            sent.file_meta.TransferSyntaxUID
+        assert (
+            pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            == sent.file_meta.TransferSyntaxUID
+        )
         assert dataset_bytes(stored) == dataset_bytes(f), f"{sent.file_meta.TransferSyntaxUID.name} re-encoded"
 
 
@@ -106,8 +113,7 @@ def test_unreadable_dataset_is_refused_not_stored(node_factory, tmp_path: Path):
 
 def test_associations_logged_without_patient_data(node_factory, tmp_path: Path):
     node = node_factory().start()
-    files = write_series(tmp_path / "s", SeriesSpec(slices=2), generate_uid(),
-                         patient_name="Zyxwvut^Qwertz")
+    files = write_series(tmp_path / "s", SeriesSpec(slices=2), generate_uid(), patient_name="Zyxwvut^Qwertz")
     storescu(node.port, files)
     node.stop()
     text = node.log.read_text()
@@ -135,8 +141,9 @@ def test_status_json_contract_while_running_and_stopped(node_factory, tmp_path: 
     storescu(node.port, write_series(tmp_path / "s", SeriesSpec(slices=2), generate_uid()))
 
     def status() -> dict:
-        r = subprocess.run([*DICOMNODE, "status", "--config", str(node.config), "--json"], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [*DICOMNODE, "status", "--config", str(node.config), "--json"], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)  # stdout holds only the JSON
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 from dicomgen import SeriesSpec, make_instance
+from PIL import Image
 from pydicom.uid import generate_uid
 
-from ai.results import LevelResult
 from ai.labels import LEVELS, level_kind
+from ai.results import LevelResult
 from dicomnode.report.common import OutputIds
 from dicomnode.report.gsps import WARNING_TEXT, build_gsps, outline
 from dicomnode.report.sr import build_sr
@@ -29,8 +29,20 @@ def levels(agreement: float = 1.0, pfirrmann: bool = True) -> list[LevelResult]:
     out = []
     for i, lv in enumerate(LEVELS):
         grade = PFIRRMANN.get(lv, 2) if pfirrmann and level_kind(lv) == "disc" else None
-        out.append(LevelResult(lv, level_kind(lv), 120.0 + i, 30.0 + 18 * i, LABELS.get(lv, ["v1"]), 0.81, 0.93,
-                               agreement, grade, 0.66 if grade else None))
+        out.append(
+            LevelResult(
+                lv,
+                level_kind(lv),
+                120.0 + i,
+                30.0 + 18 * i,
+                LABELS.get(lv, ["v1"]),
+                0.81,
+                0.93,
+                agreement,
+                grade,
+                0.66 if grade else None,
+            )
+        )
     return out
 
 
@@ -52,10 +64,21 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def pixelmed_errors(path: Path) -> list[str]:
-    r = subprocess.run(["java", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0",
-                        "-Djdk.xml.xpathTotalOpLimit=0", "-cp", "/usr/share/java/pixelmed.jar",
-                        "com.pixelmed.validate.DicomSRValidator", str(path)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            "java",
+            "-Djdk.xml.xpathExprGrpLimit=0",
+            "-Djdk.xml.xpathExprOpLimit=0",
+            "-Djdk.xml.xpathTotalOpLimit=0",
+            "-cp",
+            "/usr/share/java/pixelmed.jar",
+            "com.pixelmed.validate.DicomSRValidator",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert "Exception" not in out, out[-2000:]
     return [line for line in out.splitlines() if line.startswith("Error")]
@@ -84,16 +107,21 @@ def test_sr_content_reads_back(tmp_path: Path):
     g = by_id["L4-L5: protrusion, Schmorl's node, Pfirrmann IV"]
     assert g.finding_sites[0].value.value == "84020006"  # SNOMED CT L4/L5 disc
     evaluations = {e.name.meaning: e.value.meaning for e in g.get_qualitative_evaluations()}
-    assert evaluations == {"Disc protrusion": "Present", "Schmorl's nodes": "Present",
-                           "Pfirrmann grade": "Pfirrmann grade IV"}
+    assert evaluations == {
+        "Disc protrusion": "Present",
+        "Schmorl's nodes": "Present",
+        "Pfirrmann grade": "Pfirrmann grade IV",
+    }
     assert {m.name.meaning: m.value for m in g.get_measurements()}["Pfirrmann grade confidence"] == 0.66
     assert np.allclose(g.roi.value, [[128.0, 174.0]])
     # a vertebra has no Pfirrmann grade; a model without the SPIDER heads writes none either
     assert "Pfirrmann" not in {e.name.meaning for e in by_id["L3: degenerated"].get_qualitative_evaluations()}
-    plain = hd.sr.srread(write(build_sr(src, levels(pfirrmann=False), "t", OutputIds(src.StudyInstanceUID, 1)),
-                               tmp_path / "plain.dcm"))
-    assert "L4-L5: protrusion, Schmorl's node" in {g.tracking_identifier for g in
-                                                   plain.content.get_planar_roi_measurement_groups()}
+    plain = hd.sr.srread(
+        write(build_sr(src, levels(pfirrmann=False), "t", OutputIds(src.StudyInstanceUID, 1)), tmp_path / "plain.dcm")
+    )
+    assert "L4-L5: protrusion, Schmorl's node" in {
+        g.tracking_identifier for g in plain.content.get_planar_roi_measurement_groups()
+    }
 
 
 def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path):
@@ -103,8 +131,9 @@ def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path
     assert dciodvfy_errors(pr) == []
     r = subprocess.run(["dcmpschk", str(pr)], capture_output=True, text=True, timeout=60)
     assert "Test passed" in r.stdout + r.stderr
-    r = subprocess.run(["dcmp2pgm", "-v", "-p", str(pr), str(src_path), "/dev/null"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["dcmp2pgm", "-v", "-p", str(pr), str(src_path), "/dev/null"], capture_output=True, text=True, timeout=60
+    )
     dump = r.stdout + r.stderr
     assert "ABNORMAL" in dump and "L4-L5: protrusion, Schmorl's node, Pfirrmann IV" in dump
     assert "L5-S1: bulge, Pfirrmann III" in dump
@@ -128,8 +157,9 @@ def test_gsps_keeps_a_monochrome1_image_the_right_way_round(tmp_path: Path):
     assert dciodvfy_errors(pr) == []
     r = subprocess.run(["dcmpschk", str(pr)], capture_output=True, text=True, timeout=60)
     assert "Test passed" in r.stdout + r.stderr
-    r = subprocess.run(["dcmp2pgm", "-p", str(pr), str(src_path), str(tmp_path / "shown.pgm")], capture_output=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["dcmp2pgm", "-p", str(pr), str(src_path), str(tmp_path / "shown.pgm")], capture_output=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     shown = np.asarray(Image.open(tmp_path / "shown.pgm"), dtype=np.float64)
     stored = src.pixel_array.astype(np.float64)
@@ -137,8 +167,14 @@ def test_gsps_keeps_a_monochrome1_image_the_right_way_round(tmp_path: Path):
     assert np.corrcoef(shown.ravel(), stored.ravel())[0, 1] < -0.9
 
 
-@pytest.mark.parametrize("charset, name", [("GB18030", "张三^李四"), ("ISO_IR 192", "王^小明"),
-                                           (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう")])
+@pytest.mark.parametrize(
+    "charset, name",
+    [
+        ("GB18030", "张三^李四"),
+        ("ISO_IR 192", "王^小明"),
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+    ],
+)
 def test_non_ascii_patient_names_survive(tmp_path: Path, charset, name: str):
     src, _ = source(tmp_path, name=name, charset=charset)
     ids = OutputIds(src.StudyInstanceUID, 1)
@@ -170,14 +206,16 @@ def test_burned_in_secondary_capture_validates(tmp_path: Path):
     from dicomnode.report.sc import build_sc
 
     src, _ = source(tmp_path)
-    sc = write(build_sc(src, src.pixel_array.astype(np.float32), levels(), "t", OutputIds(src.StudyInstanceUID, 1)),
-               tmp_path / "sc.dcm")
+    sc = write(
+        build_sc(src, src.pixel_array.astype(np.float32), levels(), "t", OutputIds(src.StudyInstanceUID, 1)),
+        tmp_path / "sc.dcm",
+    )
     assert dciodvfy_errors(sc) == []
     back = pydicom.dcmread(sc)
     assert back.BurnedInAnnotation == "YES" and back.StudyInstanceUID == src.StudyInstanceUID
     assert back.pixel_array.shape == (src.Rows, src.Columns, 3)
     lv = levels()[8]  # L4-L5, abnormal: drawn in orange-red near its point
-    patch = back.pixel_array[int(lv.y) - 20:int(lv.y) + 20, int(lv.x) - 40:int(lv.x) + 40]
+    patch = back.pixel_array[int(lv.y) - 20 : int(lv.y) + 20, int(lv.x) - 40 : int(lv.x) + 40]
     assert ((patch[..., 0] > 200) & (patch[..., 2] < 100)).any()
 
 
@@ -197,8 +235,9 @@ def test_uncertain_numbering_is_said_in_the_sr_and_on_the_image(tmp_path: Path):
     assert dciodvfy_errors(pr_path) == []
     r = subprocess.run(["dcmpschk", str(pr_path)], capture_output=True, text=True, timeout=60)
     assert "Test passed" in r.stdout + r.stderr
-    r = subprocess.run(["dcmp2pgm", "-v", "-p", str(pr_path), str(src_path), "/dev/null"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        ["dcmp2pgm", "-v", "-p", str(pr_path), str(src_path), "/dev/null"], capture_output=True, text=True, timeout=60
+    )
     assert WARNING_TEXT in r.stdout + r.stderr and "L4-L5: protrusion" in r.stdout + r.stderr
     certain = build_gsps(src, levels(), "test-1", ids)
     assert "WARNING" not in [g.GraphicLayer for g in certain.GraphicLayerSequence]

@@ -11,8 +11,8 @@ import pytest
 from variants import NAMES, write_variant
 
 from ai.data import load_dataset
-from dicomnode.config import OutputConfig
 from dicomnode.analyse import analyse, get_analyzer
+from dicomnode.config import OutputConfig
 from dicomnode.report.outputs import write_outputs
 
 pytestmark = pytest.mark.data
@@ -55,6 +55,6 @@ def test_the_outputs_of_a_mirrored_slice_mark_the_stored_grid(shared_data: Path,
     write_outputs(mirror, tmp_path / "out", 1, OutputConfig())
     sr = hd.sr.srread(tmp_path / "out" / "sr.dcm")
     cols = int(mirror.source.Columns)
-    for group, lv in zip(sr.content.get_planar_roi_measurement_groups(), plain.levels):
+    for group, lv in zip(sr.content.get_planar_roi_measurement_groups(), plain.levels, strict=True):
         x, y = group.roi.value[0]
         assert abs(x - (cols - 1 - lv.x)) < 0.05 and abs(y - lv.y) < 0.05

@@ -10,10 +10,10 @@ import pytest
 from dicomgen import SeriesSpec, write_series
 from peers import Orthanc
 from pydicom.uid import generate_uid
+from stages import Stages
 from test_jobs import FakeAnalyzer, drain, events, jobs, queue_study
 
 from dicomnode.config import Config, Destination, SchedulerConfig
-from stages import Stages
 from storage import db
 from storage.filestore import FileStore
 
@@ -96,8 +96,10 @@ def test_refusing_destination_fails_the_job_with_the_reason(tmp_path: Path):
         pacs.stop()
 
 
-@pytest.mark.parametrize("status, state", [(0x0001, "done"), (0x0107, "done"), (0x0116, "done"), (0xB000, "done"),
-                                           (0xB007, "done"), (0xC000, "failed")])
+@pytest.mark.parametrize(
+    "status, state",
+    [(0x0001, "done"), (0x0107, "done"), (0x0116, "done"), (0xB000, "done"), (0xB007, "done"), (0xC000, "failed")],
+)
 def test_a_warning_status_means_stored_and_a_failure_status_fails(tmp_path: Path, status: int, state: str):
     """PS3.4 warnings (coercion, attribute list / value errors, 0xBxxx) are stored objects: the job is done. A
     destination answering 'cannot understand' fails it with the status (no retry loop). The peer is a pynetdicom
@@ -109,8 +111,9 @@ def test_a_warning_status_means_stored_and_a_failure_status_fails(tmp_path: Path
     scp = AE(ae_title="WARNSCP")
     scp.supported_contexts = AllStoragePresentationContexts
     port = free_port()
-    server = scp.start_server(("127.0.0.1", port), block=False,
-                              evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append(1) or status)])
+    server = scp.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append(1) or status)]
+    )
     try:
         runner, engine, store = runner_for(tmp_path, Destination("scp", "WARNSCP", "127.0.0.1", port))
         start_job(runner, engine, store, tmp_path)

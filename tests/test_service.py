@@ -23,8 +23,9 @@ def test_unit_file_verifies(tmp_path: Path):
     unit = (ROOT / "systemd" / "dicomnode.service").read_text().replace("/opt/dicomnode/.venv/bin/dicomnode", str(exe))
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "ProtectSystem=strict" in unit
     (tmp_path / "dicomnode.service").write_text(unit)
-    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "dicomnode.service")], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "dicomnode.service")], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -48,8 +49,13 @@ def test_serve_notifies_ready_after_listening_and_serves_metrics(tmp_path: Path)
         s.bind(sock_path)
         s.settimeout(120)
         env = dict(os.environ, NOTIFY_SOCKET=sock_path)
-        proc = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(cfg)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(cfg)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
         try:
             assert s.recv(200).startswith(b"READY=1")
             with socket.create_connection(("127.0.0.1", port), timeout=5):

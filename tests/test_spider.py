@@ -31,8 +31,13 @@ def said(level: str, label: str, pfirrmann: int | None = None) -> dict:
 
 
 def test_calls_are_read_as_herniation_bulging_and_abnormal():
-    st = study("1.2.3", disc("L5-S1", herniation=1, pfirrmann=4), disc("L4-L5", bulging=1, pfirrmann=3),
-               disc("L3-L4", pfirrmann=2), disc("L2-L3", pfirrmann=1))
+    st = study(
+        "1.2.3",
+        disc("L5-S1", herniation=1, pfirrmann=4),
+        disc("L4-L5", bulging=1, pfirrmann=3),
+        disc("L3-L4", pfirrmann=2),
+        disc("L2-L3", pfirrmann=1),
+    )
     preds = {"1.2.3": [said("L5-S1", "v4", 4), said("L4-L5", "v3", 3), said("L3-L4", "v2", 3), said("L2-L3", "v1", 1)]}
     m = spider_metrics([st], preds)
     assert set(METRIC_KEYS) <= m.keys() and m["studies"] == 1 and m["discs"] == 4 and m["unnamed"] == 0
@@ -58,8 +63,7 @@ def test_a_disc_the_node_does_not_name_is_called_normal_and_counted_unnamed():
 
 def test_vertebra_levels_are_not_read_as_disc_calls():
     st = study("1.2.3", disc("L5-S1"))
-    m = spider_metrics([st], {"1.2.3": [{"level": "L5", "kind": "vertebra", "labels": ["v2"]},
-                                       said("L5-S1", "v1", 2)]})
+    m = spider_metrics([st], {"1.2.3": [{"level": "L5", "kind": "vertebra", "labels": ["v2"]}, said("L5-S1", "v1", 2)]})
     assert m["spider_abnormal_specificity"] == 1.0
 
 
@@ -81,18 +85,50 @@ def test_load_spider_reads_the_layout(tmp_path: Path):
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
     (tmp_path / "images" / "7").mkdir(parents=True)
     paths[0].rename(tmp_path / "images" / "7" / "7_t2.dcm")
-    fields = ["patient", "series", "study_uid", "sop_instance_uid", "level", "disc_herniation", "disc_bulging",
-              "pfirrmann", "modic", "spacing_flags"]
+    fields = [
+        "patient",
+        "series",
+        "study_uid",
+        "sop_instance_uid",
+        "level",
+        "disc_herniation",
+        "disc_bulging",
+        "pfirrmann",
+        "modic",
+        "spacing_flags",
+    ]
     with open(tmp_path / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fields)
         w.writeheader()
         for level, h in (("L5-S1", 1), ("L4-L5", 0)):
-            w.writerow({"patient": "7", "series": "7_t2", "study_uid": study_uid, "sop_instance_uid": uids[0],
-                        "level": level, "disc_herniation": h, "disc_bulging": 0, "pfirrmann": 3, "modic": 2,
-                        "spacing_flags": "non_square_matrix"})
-        w.writerow({"patient": "8", "series": "8_t2", "study_uid": study_uid, "sop_instance_uid": uids[1],
-                    "level": "L5-S1", "disc_herniation": 0, "disc_bulging": 1, "pfirrmann": 2, "modic": 0,
-                    "spacing_flags": ""})
+            w.writerow(
+                {
+                    "patient": "7",
+                    "series": "7_t2",
+                    "study_uid": study_uid,
+                    "sop_instance_uid": uids[0],
+                    "level": level,
+                    "disc_herniation": h,
+                    "disc_bulging": 0,
+                    "pfirrmann": 3,
+                    "modic": 2,
+                    "spacing_flags": "non_square_matrix",
+                }
+            )
+        w.writerow(
+            {
+                "patient": "8",
+                "series": "8_t2",
+                "study_uid": study_uid,
+                "sop_instance_uid": uids[1],
+                "level": "L5-S1",
+                "disc_herniation": 0,
+                "disc_bulging": 1,
+                "pfirrmann": 2,
+                "modic": 0,
+                "spacing_flags": "",
+            }
+        )
     studies = load_spider(tmp_path)
     assert [st.instance_uid for st in studies] == uids
     assert studies[0].path == tmp_path / "images" / "7" / "7_t2.dcm" and studies[1].path == paths[1]
@@ -108,7 +144,7 @@ def test_evaluate_reads_spider_and_reports_the_contract(tmp_path: Path):
     contract, one figure per manufacturer, and a slice whose file is missing counted as unanswered."""
     if not SPIDER_DATA.is_dir():
         pytest.skip(f"SPIDER data not found at {SPIDER_DATA}")
-    rows = list(csv.DictReader(open(SPIDER_DATA / "labels.csv", newline="")))
+    rows = list(csv.DictReader((SPIDER_DATA / "labels.csv").read_text().splitlines()))
     patients = list(dict.fromkeys(r["patient"] for r in rows))[:4]
     keep = [r for r in rows if r["patient"] in patients]
     with open(tmp_path / "labels.csv", "w", newline="") as f:
@@ -119,8 +155,9 @@ def test_evaluate_reads_spider_and_reports_the_contract(tmp_path: Path):
         (tmp_path / "images" / p).mkdir(parents=True)
         src = next((SPIDER_DATA / "images" / p).glob("*.dcm"))
         (tmp_path / "images" / p / src.name).write_bytes(src.read_bytes())
-    r = subprocess.run([*DICOMNODE, "evaluate", "--data", str(tmp_path), "--json"], capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [*DICOMNODE, "evaluate", "--data", str(tmp_path), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(METRIC_KEYS) | {"studies", "discs", "unanswered", "unnamed"} <= out.keys()

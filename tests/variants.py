@@ -6,9 +6,9 @@ run time from ../shared and nothing of them is kept."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
@@ -80,21 +80,30 @@ def finer(ds: pydicom.Dataset, px: np.ndarray, sp: list[float]) -> tuple[pydicom
 
     t = torch.from_numpy(px.astype(np.float32))[None, None]
     up = F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)[0, 0].numpy()
-    return _rewrite(ds, np.round(up), [0, 1, 0, 0, 0, -1], [sp[0] / 2, sp[1] / 2]), Geometry(scale=0.5,
-                                                                                           offset=(-0.25, -0.25))
+    return _rewrite(ds, np.round(up), [0, 1, 0, 0, 0, -1], [sp[0] / 2, sp[1] / 2]), Geometry(
+        scale=0.5, offset=(-0.25, -0.25)
+    )
 
 
-def cropped(ds: pydicom.Dataset, px: np.ndarray, sp: list[float],
-            part: float = 0.12) -> tuple[pydicom.Dataset, Geometry]:
+def cropped(
+    ds: pydicom.Dataset, px: np.ndarray, sp: list[float], part: float = 0.12
+) -> tuple[pydicom.Dataset, Geometry]:
     """A tighter field of view: `part` of the matrix off every edge."""
     r0, c0 = int(px.shape[0] * part), int(px.shape[1] * part)
-    return (_rewrite(ds, px[r0 : px.shape[0] - r0, c0 : px.shape[1] - c0], [0, 1, 0, 0, 0, -1], sp),
-            Geometry(offset=(float(c0), float(r0))))
+    return (
+        _rewrite(ds, px[r0 : px.shape[0] - r0, c0 : px.shape[1] - c0], [0, 1, 0, 0, 0, -1], sp),
+        Geometry(offset=(float(c0), float(r0))),
+    )
 
 
 VARIANTS: dict[str, Callable[[pydicom.Dataset, np.ndarray, list[float]], tuple[pydicom.Dataset, Geometry]]] = {
-    "plain": plain, "mirrored": mirrored, "transposed": transposed, "head_down": head_down,
-    "12bit": twelve_bit, "finer_pixels": finer, "cropped": cropped,
+    "plain": plain,
+    "mirrored": mirrored,
+    "transposed": transposed,
+    "head_down": head_down,
+    "12bit": twelve_bit,
+    "finer_pixels": finer,
+    "cropped": cropped,
     "cropped_6pct": lambda ds, px, sp: cropped(ds, px, sp, 0.06),
 }
 NAMES = [*VARIANTS, "multiframe"]
@@ -128,12 +137,23 @@ def _multiframe(ds: pydicom.Dataset, px: np.ndarray, sp: list[float], path: Path
         f.ImagePositionPatient = [offset, 0.0, 0.0]
         f.SliceThickness = 4.0
         f.WindowCenter, f.WindowWidth = float(px.max()) / 2, float(px.max())
-        for key, value in (("StudyID", "1"), ("AccessionNumber", ""), ("ReferringPhysicianName", ""),
-                           ("PatientSex", "O"), ("PatientBirthDate", ""), ("Manufacturer", "test"),
-                           ("SeriesNumber", 1), ("PatientPosition", "HFS"), ("ScanningSequence", "SE"),
-                           ("SequenceVariant", "NONE"), ("ScanOptions", ""), ("MRAcquisitionType", "2D"),
-                           ("FrameOfReferenceUID", generate_uid(entropy_srcs=[str(ds.StudyInstanceUID)])),
-                           ("PositionReferenceIndicator", ""), ("ImageType", ["ORIGINAL", "PRIMARY", "M", "NONE"])):
+        for key, value in (
+            ("StudyID", "1"),
+            ("AccessionNumber", ""),
+            ("ReferringPhysicianName", ""),
+            ("PatientSex", "O"),
+            ("PatientBirthDate", ""),
+            ("Manufacturer", "test"),
+            ("SeriesNumber", 1),
+            ("PatientPosition", "HFS"),
+            ("ScanningSequence", "SE"),
+            ("SequenceVariant", "NONE"),
+            ("ScanOptions", ""),
+            ("MRAcquisitionType", "2D"),
+            ("FrameOfReferenceUID", generate_uid(entropy_srcs=[str(ds.StudyInstanceUID)])),
+            ("PositionReferenceIndicator", ""),
+            ("ImageType", ["ORIGINAL", "PRIMARY", "M", "NONE"]),
+        ):
             if key not in f or key in ("FrameOfReferenceUID", "ImagePositionPatient"):
                 setattr(f, key, value)
         frames.append(f)

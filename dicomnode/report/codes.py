@@ -6,18 +6,25 @@ in CodingSchemeIdentificationSequence."""
 
 from __future__ import annotations
 
+from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from highdicom.sr import CodedConcept
 
 PRIVATE_SCHEME = "99DCMNODE"
 PRIVATE_SCHEME_NAME = "dicomnode lumbar spine findings"
 
 LEVEL_SITE = {
-    "T12-L1": codes.SCT.T12L1Disc, "L1": codes.SCT.L1Vertebra, "L1-L2": codes.SCT.L1L2Disc,
-    "L2": codes.SCT.L2Vertebra, "L2-L3": codes.SCT.L2L3Disc, "L3": codes.SCT.L3Vertebra,
-    "L3-L4": codes.SCT.L3L4Disc, "L4": codes.SCT.L4Vertebra, "L4-L5": codes.SCT.L4L5Disc,
-    "L5": codes.SCT.L5Vertebra, "L5-S1": codes.SCT.L5S1Disc,
+    "T12-L1": codes.SCT.T12L1Disc,
+    "L1": codes.SCT.L1Vertebra,
+    "L1-L2": codes.SCT.L1L2Disc,
+    "L2": codes.SCT.L2Vertebra,
+    "L2-L3": codes.SCT.L2L3Disc,
+    "L3": codes.SCT.L3Vertebra,
+    "L3-L4": codes.SCT.L3L4Disc,
+    "L4": codes.SCT.L4Vertebra,
+    "L4-L5": codes.SCT.L4L5Disc,
+    "L5": codes.SCT.L5Vertebra,
+    "L5-S1": codes.SCT.L5S1Disc,
 }
 
 
@@ -40,8 +47,10 @@ FINDING = {
 # Pfirrmann disc degeneration grade: no code for it or its grades was found in SNOMED CT, LOINC or DICOM's own
 # dictionaries (pydicom's, checked); the concept and its five values are ours, listed in the conformance statement.
 PFIRRMANN_GRADE = _private("DN010", "Pfirrmann grade")
-PFIRRMANN = {g: _private(f"DN01{g}", f"Pfirrmann grade {roman}")
-             for g, roman in ((1, "I"), (2, "II"), (3, "III"), (4, "IV"), (5, "V"))}
+PFIRRMANN = {
+    g: _private(f"DN01{g}", f"Pfirrmann grade {roman}")
+    for g, roman in ((1, "I"), (2, "II"), (3, "III"), (4, "IV"), (5, "V"))
+}
 CONFIDENCE = _private("DN100", "Algorithm confidence")
 PFIRRMANN_CONFIDENCE = _private("DN102", "Pfirrmann grade confidence")
 LOCALISATION = _private("DN101", "Localisation confidence")

@@ -17,8 +17,11 @@ MODEL_NAME = "dicomnode lumbar spine"
 ALGORITHM_NAME = "dicomnode-spine"
 
 # Stable series numbers per output kind, so viewers sort them the same way every time.
-SERIES = {"sr": (9901, "AI spine report (SR)"), "gsps": (9902, "AI spine marks (GSPS)"),
-          "sc": (9903, "AI spine marks (burned in)")}
+SERIES = {
+    "sr": (9901, "AI spine report (SR)"),
+    "gsps": (9902, "AI spine marks (GSPS)"),
+    "sc": (9903, "AI spine marks (burned in)"),
+}
 
 
 @dataclass
@@ -37,10 +40,15 @@ class OutputIds:
 
 
 def contributing_equipment(model_version: str) -> list[hd.ContributingEquipment]:
-    return [hd.ContributingEquipment(
-        manufacturer=MANUFACTURER, purpose_of_reference=PROCESSING_EQUIPMENT, manufacturer_model_name=MODEL_NAME,
-        software_versions=[__version__, f"model {model_version}"],
-        contribution_description="Automated lumbar spine grading; not verified by a physician")]
+    return [
+        hd.ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=PROCESSING_EQUIPMENT,
+            manufacturer_model_name=MODEL_NAME,
+            software_versions=[__version__, f"model {model_version}"],
+            contribution_description="Automated lumbar spine grading; not verified by a physician",
+        )
+    ]
 
 
 def character_set(source: Dataset) -> str | list[str] | None:
@@ -86,7 +94,11 @@ def frame_view(source: Dataset, frame: int | None) -> Dataset:
             view.add(elem)
     view.file_meta = source.file_meta
     for name, value in frame_values(source, frame - 1).items():
-        if value is not None and name in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient",
-                                          "SliceThickness"):
+        if value is not None and name in (
+            "PixelSpacing",
+            "ImageOrientationPatient",
+            "ImagePositionPatient",
+            "SliceThickness",
+        ):
             setattr(view, name, value)
     return view

@@ -6,19 +6,31 @@ import numpy as np
 from highdicom import PresentationLUTTransformation
 from highdicom.color import CIELabColor
 from highdicom.pr import (
-    AnnotationUnitsValues, GraphicAnnotation, GraphicLayer, GraphicObject, GraphicTypeValues,
-    GrayscaleSoftcopyPresentationState, SoftcopyVOILUTTransformation, TextObject,
+    AnnotationUnitsValues,
+    GraphicAnnotation,
+    GraphicLayer,
+    GraphicObject,
+    GraphicTypeValues,
+    GrayscaleSoftcopyPresentationState,
+    SoftcopyVOILUTTransformation,
+    TextObject,
 )
 from pydicom.dataset import Dataset
 
-from ai.results import LevelResult, numbering_uncertain
-from ai.labels import describe, is_abnormal
 from ai.imaging import spine_geometry
+from ai.labels import describe, is_abnormal
+from ai.results import LevelResult, numbering_uncertain
+from dicomnode import __version__
 from dicomnode.report.common import (
-    MANUFACTURER, MODEL_NAME, SERIES, OutputIds, carry_patient_context, caret_name, character_set,
+    MANUFACTURER,
+    MODEL_NAME,
+    SERIES,
+    OutputIds,
+    caret_name,
+    carry_patient_context,
+    character_set,
     contributing_equipment,
 )
-from dicomnode import __version__
 
 ABNORMAL_COLOUR = CIELabColor(55.0, 75.0, 60.0)  # red-orange
 NORMAL_COLOUR = CIELabColor(85.0, -60.0, 60.0)  # green
@@ -69,9 +81,15 @@ def _names_a_window(source: Dataset) -> bool:
     return bool(vois) and all("WindowCenter" in v and "WindowWidth" in v for v in vois)
 
 
-def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds,
-               show_normal: bool = True, frame: int | None = None,
-               window: tuple[float, float] | None = None) -> Dataset:
+def build_gsps(
+    source: Dataset,
+    levels: list[LevelResult],
+    model_version: str,
+    ids: OutputIds,
+    show_normal: bool = True,
+    frame: int | None = None,
+    window: tuple[float, float] | None = None,
+) -> Dataset:
     """frame: the analysed frame of a multi-frame source (1-based); every annotation is drawn on it only.
     window: (centre, width) to show the slice with when the image names none of its own."""
     rows, cols = int(source.Rows), int(source.Columns)
@@ -82,29 +100,56 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
     abnormal_objs, abnormal_text, normal_objs = [], [], []
     for lv in levels:
         if lv.kind == "disc" and is_abnormal(lv.kind, lv.labels):  # vertebral degeneration is too common to outline
-            abnormal_objs.append(GraphicObject(GraphicTypeValues.ELLIPSE, clip(shapes[lv.level]).astype(np.float32),
-                                               AnnotationUnitsValues.PIXEL))
+            abnormal_objs.append(
+                GraphicObject(
+                    GraphicTypeValues.ELLIPSE, clip(shapes[lv.level]).astype(np.float32), AnnotationUnitsValues.PIXEL
+                )
+            )
             end = shapes[lv.level][1]  # label just beyond one end of the ellipse
             anchor = clip(end + (end - np.array([lv.x, lv.y])) * 0.3)
-            abnormal_text.append(TextObject(label_text(lv), AnnotationUnitsValues.PIXEL,
-                                            anchor_point=(float(anchor[0]), float(anchor[1])),
-                                            anchor_point_visible=False))
+            abnormal_text.append(
+                TextObject(
+                    label_text(lv),
+                    AnnotationUnitsValues.PIXEL,
+                    anchor_point=(float(anchor[0]), float(anchor[1])),
+                    anchor_point_visible=False,
+                )
+            )
         elif show_normal:
-            normal_objs.append(GraphicObject(GraphicTypeValues.POINT,
-                                             clip(np.array([[lv.x, lv.y]])).astype(np.float32),
-                                             AnnotationUnitsValues.PIXEL))
+            normal_objs.append(
+                GraphicObject(
+                    GraphicTypeValues.POINT,
+                    clip(np.array([[lv.x, lv.y]])).astype(np.float32),
+                    AnnotationUnitsValues.PIXEL,
+                )
+            )
     annotations, layers = [], []
     uncertain = numbering_uncertain(levels)
     if uncertain:  # top left, where a reader looks first
         warning_layer = GraphicLayer("WARNING", 3, "Level numbering uncertain (AI)", ABNORMAL_COLOUR)
         layers.append(warning_layer)
-        annotations.append(GraphicAnnotation([source], warning_layer, frame, text_objects=[TextObject(
-            WARNING_TEXT, AnnotationUnitsValues.PIXEL, anchor_point=(float(cols * 0.03), float(rows * 0.04)),
-            anchor_point_visible=False)]))
+        annotations.append(
+            GraphicAnnotation(
+                [source],
+                warning_layer,
+                frame,
+                text_objects=[
+                    TextObject(
+                        WARNING_TEXT,
+                        AnnotationUnitsValues.PIXEL,
+                        anchor_point=(float(cols * 0.03), float(rows * 0.04)),
+                        anchor_point_visible=False,
+                    )
+                ],
+            )
+        )
     if abnormal_objs:
         layers.append(abnormal_layer)
-        annotations.append(GraphicAnnotation([source], abnormal_layer, frame, graphic_objects=abnormal_objs,
-                                             text_objects=abnormal_text))
+        annotations.append(
+            GraphicAnnotation(
+                [source], abnormal_layer, frame, graphic_objects=abnormal_objs, text_objects=abnormal_text
+            )
+        )
     if normal_objs:
         layers.append(normal_layer)
         annotations.append(GraphicAnnotation([source], normal_layer, frame, graphic_objects=normal_objs))
@@ -112,15 +157,27 @@ def build_gsps(source: Dataset, levels: list[LevelResult], model_version: str, i
     centre, width = window or (2048.0, 4096.0)  # 12-bit full range when neither the image nor the caller names one
     caveat = "numbering uncertain; unverified" if uncertain else "not physician-verified"
     pr = GrayscaleSoftcopyPresentationState(
-        referenced_images=[source], series_instance_uid=ids.series("gsps"), series_number=number,
-        sop_instance_uid=ids.instance("gsps"), instance_number=ids.revision, manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME, software_versions=__version__, device_serial_number="0",
-        content_label="AI_SPINE", content_description=f"AI: {len(abnormal_objs)} abnormal disc(s); {caveat}",
-        graphic_annotations=annotations or None, graphic_layers=layers or None,
-        content_creator_name=caret_name("dicomnode"), contributing_equipment=contributing_equipment(model_version),
-        voi_lut_transformations=None if _names_a_window(source) else [SoftcopyVOILUTTransformation(
-            window_center=centre, window_width=width)],
-        specific_character_set=character_set(source), presentation_lut_transformation=polarity(source))
+        referenced_images=[source],
+        series_instance_uid=ids.series("gsps"),
+        series_number=number,
+        sop_instance_uid=ids.instance("gsps"),
+        instance_number=ids.revision,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=__version__,
+        device_serial_number="0",
+        content_label="AI_SPINE",
+        content_description=f"AI: {len(abnormal_objs)} abnormal disc(s); {caveat}",
+        graphic_annotations=annotations or None,
+        graphic_layers=layers or None,
+        content_creator_name=caret_name("dicomnode"),
+        contributing_equipment=contributing_equipment(model_version),
+        voi_lut_transformations=None
+        if _names_a_window(source)
+        else [SoftcopyVOILUTTransformation(window_center=centre, window_width=width)],
+        specific_character_set=character_set(source),
+        presentation_lut_transformation=polarity(source),
+    )
     pr.SeriesDescription = description
     carry_patient_context(pr, source)
     return pr

@@ -29,8 +29,9 @@ class Output(NamedTuple):
         return self.sop_instance_uid is not None
 
 
-def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: OutputConfig,
-                  png: bool = False) -> list[Output]:
+def write_outputs(
+    analysis: Analysis, out_dir: Path, revision: int, output: OutputConfig, png: bool = False
+) -> list[Output]:
     """SR and GSPS (as configured) and an optional preview PNG; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = OutputIds(str(analysis.source.StudyInstanceUID), revision)
@@ -39,8 +40,15 @@ def write_outputs(analysis: Analysis, out_dir: Path, revision: int, output: Outp
         sr = build_sr(analysis.source, analysis.levels, analysis.model_version, ids, analysis.frame)
         written.append(_save(sr, out_dir / "sr.dcm"))
     if output.gsps:
-        pr = build_gsps(analysis.source, analysis.levels, analysis.model_version, ids, output.show_normal_levels,
-                        analysis.frame, window_of(analysis.pixels))
+        pr = build_gsps(
+            analysis.source,
+            analysis.levels,
+            analysis.model_version,
+            ids,
+            output.show_normal_levels,
+            analysis.frame,
+            window_of(analysis.pixels),
+        )
         written.append(_save(pr, out_dir / "gsps.dcm"))
     if output.secondary_capture:
         sc = build_sc(analysis.source, analysis.pixels, analysis.levels, analysis.model_version, ids)

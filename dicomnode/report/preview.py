@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ai.imaging import normalise
-from ai.results import LevelResult
 from ai.labels import is_abnormal
+from ai.results import LevelResult
 from dicomnode.report.gsps import label_text, outline
 
 
@@ -18,15 +18,15 @@ def render(pixels: np.ndarray, levels: list[LevelResult], upscale: bool = True) 
     """upscale=False keeps the slice's own matrix (for the burned-in DICOM copy)."""
     img = Image.fromarray((normalise(pixels) * 255).astype(np.uint8)).convert("RGB")
     scale = max(1, 768 // max(img.size)) if upscale else 1
-    img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
     shapes = outline(levels)
     for lv in levels:
-        x, y = lv.x * scale, lv.y * scale
+        x, y = float(lv.x * scale), float(lv.y * scale)
         if lv.kind == "disc" and is_abnormal(lv.kind, lv.labels):
             pts = shapes[lv.level] * scale
-            rx = np.linalg.norm(pts[1] - pts[0]) / 2
-            ry = np.linalg.norm(pts[3] - pts[2]) / 2
+            rx = float(np.linalg.norm(pts[1] - pts[0])) / 2
+            ry = float(np.linalg.norm(pts[3] - pts[2])) / 2
             draw.ellipse([x - rx, y - ry, x + rx, y + ry], outline=(255, 80, 40), width=2)
             draw.text((x + rx + 4, y - 6), label_text(lv), fill=(255, 120, 60))
         else:
