@@ -134,13 +134,32 @@ class OutputConfig:
 
 @dataclass(config=STRICT)
 class Destination:
-    name: StrictStr
-    ae_title: StrictStr
-    host: StrictStr
-    port: StrictInt = Field(gt=0, lt=65536)
-    tls: StrictBool = False
+    """Where results go: a DICOM peer (C-STORE: ae_title, host, port, optional tls) or, with protocol "dicomweb", an
+    archive's DICOMweb root (STOW-RS: url, optional username/password or token; stable contract)."""
 
-    _check_ae_title = field_validator("ae_title")(_ae_title)
+    name: StrictStr
+    ae_title: StrictStr = ""
+    host: StrictStr = ""
+    port: StrictInt = Field(default=0, ge=0, lt=65536)
+    tls: StrictBool = False
+    protocol: Literal["dimse", "dicomweb"] = "dimse"
+    url: StrictStr = ""  # e.g. http://pacs:8042/dicom-web (STOW-RS posts to url/studies)
+    username: StrictStr = ""  # HTTP basic authentication
+    password: StrictStr = ""
+    token: StrictStr = ""  # or a bearer token
+
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.protocol == "dicomweb":
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"destination {self.name!r}: dicomweb needs url = 'http(s)://host:port/root'")
+            if self.token and self.username:
+                raise ValueError(f"destination {self.name!r}: username/password or token, not both")
+            return self
+        _ae_title(self.ae_title)
+        if not self.host or not self.port:
+            raise ValueError(f"destination {self.name!r}: a DICOM destination needs ae_title, host and port")
+        return self
 
 
 @dataclass(config=STRICT)

@@ -1,6 +1,6 @@
 """Stage 6, send: a job's results to its destinations, each object recorded, retried with back-off while the
 failure is transient (peer down, out of resources) and failed at once when it is permanent (refused, unknown SOP
-class). The DIMSE client itself is `dicomnode.scu`."""
+class). The clients: `dicomnode.scu` (DIMSE C-STORE) and `dicomnode.stow` (DICOMweb STOW-RS)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from dicomnode import logs, metrics, scu
+from dicomnode import logs, metrics, scu, stow
 from dicomnode.config import Config, Destination
 from dicomnode.report.outputs import Output
 from storage import db
@@ -72,14 +72,13 @@ def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | Non
         if dest is None:
             permanent.append(f"destination {name!r} no longer configured")
             continue
-        results = scu.store(
-            [Path(r.path) for r in rows],
-            dest.ae_title,
-            dest.host,
-            dest.port,
-            calling_ae=cfg.node.ae_title,
-            tls=tls if dest.tls else None,
-        )
+        paths = [Path(r.path) for r in rows]
+        if dest.protocol == "dicomweb":
+            results = stow.store(paths, dest.url, dest.username, dest.password, dest.token)
+        else:
+            results = scu.store(
+                paths, dest.ae_title, dest.host, dest.port, calling_ae=cfg.node.ae_title, tls=tls if dest.tls else None
+            )
         by_uid = {r.sop_instance_uid: r for r in rows}
         with engine.begin() as conn:
             for res in results:
