@@ -32,6 +32,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """An argon2 hash for [web] users, from a password typed (not echoed) or piped on stdin."""
+    import getpass
+
+    from dicomnode.web import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("dicomnode hash-password: use at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from dicomnode.admin import collect, render
 
@@ -217,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("serve", cmd_serve, "run the node (SCP, scheduler, workers)")
     sp.add_argument("--role", choices=("all", "receiver", "worker"), help="override [node] role")
+    add("hash-password", cmd_hash_password, "an argon2 hash for [web] users (password on stdin)", config=False)
     sp = add("status", cmd_status, "service, queue, recent jobs, disk; works while the service is stopped")
     sp.add_argument("--json", action="store_true")
     sp = add("echo", cmd_echo, "C-ECHO a peer", config=False)

@@ -123,6 +123,34 @@ class AIConfig:
 
 
 @dataclass(config=STRICT)
+class WebUser:
+    name: StrictStr
+    password_hash: StrictStr  # argon2, from `dicomnode hash-password`
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2(cls, value: str) -> str:
+        if not value.startswith("$argon2"):
+            raise ValueError("not an argon2 hash: make one with `dicomnode hash-password`")
+        return value
+
+
+@dataclass(config=STRICT)
+class WebConfig:
+    """The read-only results page (stable contract: port, host, users)."""
+
+    port: StrictInt = Field(default=0, ge=0, lt=65536)  # 0 = no web page
+    host: StrictStr = "127.0.0.1"
+    users: list[WebUser] = field(default_factory=list)  # who may sign in and see names and images
+
+    @model_validator(mode="after")
+    def _exposed_needs_users(self) -> WebConfig:
+        if self.port and self.host not in ("127.0.0.1", "::1", "localhost") and not self.users:
+            raise ValueError("web.host other than loopback needs web.users (nobody could sign in, anyone could look)")
+        return self
+
+
+@dataclass(config=STRICT)
 class OutputConfig:
     gsps: StrictBool = True
     sr: StrictBool = True
@@ -185,6 +213,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ai: AIConfig = field(default_factory=AIConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     destinations: list[Destination] = field(default_factory=list)
     source: str = field(default="", init=False, compare=False)  # the file it was read from
 

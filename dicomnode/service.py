@@ -44,6 +44,7 @@ class Node:
         self.role = cfg.node.role
         self.scp = StoreSCP(cfg, self.engine, self.store) if self.role != "worker" else None
         self.scheduler: Any = None
+        self.web: Any = None
         self.stopping = threading.Event()
         self.started = time.time()
         self.id = process_id()
@@ -80,6 +81,15 @@ class Node:
         if self.scp is not None:
             self.scp.start()
         self.children = self._start_receivers()
+        if self.cfg.web.port:
+            from dicomnode.web import serve_web
+
+            self.web = serve_web(self.cfg, self.engine, self.store)
+        if self.cfg.node.metrics_port:
+            from dicomnode.httpd import serve_metrics
+
+            serve_metrics(self.cfg.node.metrics_port, self)
+        systemd.notify("READY=1\nSTATUS=listening")
         self._beat()
         log.info("node started", role=self.role, node_id=self.id, receivers=1 + len(self.children))
 
@@ -96,11 +106,6 @@ class Node:
             subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
             for _ in range(self.cfg.node.receivers - 1)
         ]
-        if self.cfg.node.metrics_port:
-            from dicomnode.httpd import serve_metrics
-
-            serve_metrics(self.cfg.node.metrics_port, self)
-        systemd.notify("READY=1\nSTATUS=listening")
 
     def _beat(self, stopped: bool = False) -> None:
         """The state file (this node, for `status` while the database is away) and the deployment's `nodes` row."""
@@ -113,6 +118,8 @@ class Node:
     def stop(self) -> None:
         self.stopping.set()
         systemd.notify("STOPPING=1")
+        if self.web is not None:
+            self.web.should_exit = True
         for child in getattr(self, "children", []):
             child.terminate()
         for child in getattr(self, "children", []):

@@ -3,7 +3,7 @@
 # dicom3tools and PixelMed as validators, systemd for `systemd-analyze verify`, PostgreSQL for the shared-database
 # tests (a throwaway cluster per run, started by the tests; the package's own cluster is never started here).
 set -euo pipefail
-PKGS=(dcmtk dicom3tools orthanc pixelmed-apps libpixelmed-java default-jre-headless systemd curl postgresql orthanc-dicomweb)
+PKGS=(dcmtk dicom3tools orthanc pixelmed-apps libpixelmed-java default-jre-headless systemd curl postgresql orthanc-dicomweb chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

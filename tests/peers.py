@@ -31,6 +31,15 @@ def have(*tools: str) -> bool:
     return all(shutil.which(t) for t in tools)
 
 
+def toml_value(v: Any) -> str:
+    """A TOML literal: JSON's form of strings, numbers and booleans; lists; tables inline."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
 def write_config(path: Path, data_dir: Path, port: int, **sections: dict[str, Any]) -> Path:
     """TOML from nested dicts; [[destinations]] from a list."""
     node = {"data_dir": str(data_dir), "port": port, "host": "127.0.0.1", "min_free_bytes": 1000}
@@ -42,10 +51,10 @@ def write_config(path: Path, data_dir: Path, port: int, **sections: dict[str, An
     dests = sections.pop("destinations", [])
     for name, table in sections.items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     for d in dests:
         lines.append("[[destinations]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in d.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in d.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from ai.imaging import normalise
 from ai.labels import is_abnormal
-from ai.results import LevelResult
+from ai.results import LevelResult, numbering_uncertain
 from dicomnode.report.gsps import label_text, outline
 
 
@@ -35,6 +35,17 @@ def render(pixels: np.ndarray, levels: list[LevelResult], upscale: bool = True) 
     return img
 
 
+def captioned(pixels: np.ndarray, levels: list[LevelResult]) -> Image.Image:
+    """The preview as `analyze --png` and the web page show it: the marks, "research use only", and a warning when
+    the landmark nets disagree on the numbering."""
+    img = render(pixels, levels)
+    draw = ImageDraw.Draw(img)
+    draw.text((6, 4), "RESEARCH USE ONLY", fill=(255, 255, 0))
+    if numbering_uncertain(levels):
+        draw.text((6, 18), "NUMBERING UNCERTAIN: check L1-L5 by counting", fill=(255, 90, 90))
+    return img
+
+
 def write_png(path: Path, pixels: np.ndarray, levels: list[LevelResult]) -> Path:
-    render(pixels, levels).save(path)
+    captioned(pixels, levels).save(path)
     return path

@@ -1,0 +1,239 @@
+"""The read-only results page: what `dicomnode status` shows, each job's decision, findings and events, and the
+analysed slice with its marks. Starlette + Jinja2, served by uvicorn in a thread of the node.
+
+Patient names and images are shown only to a signed-in user (`[web] users`, argon2 hashes); without users nobody
+signs in and the page shows UIDs and states only. No access log: paths carry job ids, but the rule for logs is the
+node's (UIDs and counts only), and there is nothing an admin needs from one."""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import desc, select
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ai.labels import describe
+from dicomnode import logs
+from dicomnode.admin import collect
+from dicomnode.config import Config
+from storage import db
+from storage.filestore import FileStore
+
+log = logs.get("dicomnode.web")
+HASHER = PasswordHasher()
+TEMPLATES = Environment(loader=PackageLoader("dicomnode.web", "templates"), autoescape=select_autoescape())
+RECENT = 100
+STAGES = (
+    ("waiting", "queued", "wait"),
+    ("queued", "running", "queue"),
+    ("running", "sending", "analyse"),
+    ("sending", "done", "send"),
+)
+
+
+def hash_password(password: str) -> str:
+    return HASHER.hash(password)
+
+
+def _page(name: str, **values: Any) -> HTMLResponse:
+    return HTMLResponse(TEMPLATES.get_template(name).render(**values))
+
+
+def _durations(events: Sequence[Any]) -> dict[str, float]:
+    """Seconds per stage from a job's events: wait (receiving), queue, analyse (with report), send."""
+    first: dict[str, float] = {}
+    for ev in events:
+        first.setdefault(ev.state, ev.at)
+    if "running" in first and "sending" not in first and "done" in first:
+        first["sending"] = first["done"]  # results kept, nothing sent
+    return {name: round(first[b] - first[a], 1) for a, b, name in STAGES if a in first and b in first}
+
+
+class ResultsPage:
+    def __init__(self, cfg: Config, engine: Engine, store: FileStore) -> None:
+        self.cfg, self.engine, self.store = cfg, engine, store
+        self.users = {u.name: u.password_hash for u in cfg.web.users}
+
+    # --- access -----------------------------------------------------------------------------------
+    def user(self, request: Request) -> str | None:
+        name = request.session.get("user")
+        return name if name in self.users else None
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET":
+            return _page("login.html", error=None, users=bool(self.users))
+        form = await request.form()
+        name, password = str(form.get("name", "")), str(form.get("password", ""))
+        try:
+            ok = name in self.users and HASHER.verify(self.users[name], password)
+        except VerificationError:
+            ok = False
+        if not ok:
+            log.warning("web sign-in refused")
+            return _page("login.html", error="Wrong name or password.", users=bool(self.users))
+        request.session["user"] = name
+        return RedirectResponse("/", status_code=303)
+
+    async def logout(self, request: Request) -> Response:
+        request.session.clear()
+        return RedirectResponse("/", status_code=303)
+
+    # --- pages ------------------------------------------------------------------------------------
+    def _jobs(self, signed_in: bool) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.jobs).order_by(desc(db.jobs.c.id)).limit(RECENT)).all()
+            ids = [r.id for r in rows]
+            evs = conn.execute(
+                select(db.job_events).where(db.job_events.c.job_id.in_(ids)).order_by(db.job_events.c.id)
+            ).all()
+        by_job: dict[int, list[Any]] = {}
+        for ev in evs:
+            by_job.setdefault(ev.job_id, []).append(ev)
+        out = []
+        for r in rows:
+            out.append(
+                {
+                    "id": r.id,
+                    "state": r.state,
+                    "reason_code": r.reason_code,
+                    "reason": r.reason,
+                    "study_uid": r.study_uid,
+                    "revision": r.revision,
+                    "model_version": r.model_version,
+                    "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.updated)),
+                    "stages": _durations(by_job.get(r.id, [])),
+                    "patient": self._patient(r.sop_instance_uid) if signed_in else None,
+                }
+            )
+        return out
+
+    def _patient(self, sop_uid: str | None) -> str | None:
+        path = self._source_path(sop_uid)
+        if path is None:
+            return None
+        from ai.imaging import read_file
+
+        try:
+            return str(read_file(path, stop_before_pixels=True).get("PatientName", "")) or None
+        except Exception:  # noqa: BLE001 - a file removed by retention meanwhile
+            return None
+
+    def _source_path(self, sop_uid: str | None) -> Path | None:
+        if not sop_uid:
+            return None
+        with self.engine.connect() as conn:
+            rel = conn.execute(select(db.instances.c.path).where(db.instances.c.sop_instance_uid == sop_uid)).scalar()
+        return self.store.root / rel if rel else None
+
+    async def home(self, request: Request) -> Response:
+        user = self.user(request)
+        facts = collect(self.cfg)
+        return _page("home.html", facts=facts, jobs=self._jobs(bool(user)), user=user, users=bool(self.users))
+
+    async def jobs_fragment(self, request: Request) -> Response:
+        user = self.user(request)
+        return _page("jobs_rows.html", jobs=self._jobs(bool(user)))
+
+    async def status_json(self, request: Request) -> Response:
+        facts = collect(self.cfg)
+        return JSONResponse({k: facts[k] for k in ("jobs", "instances", "studies", "disk_free_bytes", "last_hour")})
+
+    async def job(self, request: Request) -> Response:
+        user = self.user(request)
+        job_id = int(request.path_params["job_id"])
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.jobs).where(db.jobs.c.id == job_id)).first()
+            if row is None:
+                return HTMLResponse("no such job", status_code=404)
+            evs = conn.execute(
+                select(db.job_events).where(db.job_events.c.job_id == job_id).order_by(db.job_events.c.id)
+            ).all()
+        levels = json.loads(row.result) if row.result else []
+        for lv in levels:  # "L4-L5: protrusion, Pfirrmann IV" as the GSPS labels it, less the level
+            lv["finding"] = describe(lv["level"], lv["labels"]).split(": ", 1)[1]
+        decision = json.loads(row.selection) if row.selection else None
+        return _page(
+            "job.html",
+            job=row,
+            levels=levels,
+            decision=decision,
+            user=user,
+            users=bool(self.users),
+            events=[
+                {"at": time.strftime("%H:%M:%S", time.localtime(e.at)), "state": e.state, "detail": e.detail}
+                for e in evs
+            ],
+            stages=_durations(evs),
+            patient=self._patient(row.sop_instance_uid) if user else None,
+        )
+
+    async def slice_png(self, request: Request) -> Response:
+        if self.user(request) is None:
+            return Response("sign in to see images", status_code=403)
+        job_id = int(request.path_params["job_id"])
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.jobs).where(db.jobs.c.id == job_id)).first()
+        path = self._source_path(row.sop_instance_uid if row else None)
+        if row is None or path is None or not row.result:
+            return Response("no analysed slice for this job", status_code=404)
+        from ai.imaging import grey_frame, read_file
+        from ai.results import LevelResult
+        from dicomnode.report.preview import captioned
+
+        frame = (json.loads(row.selection) or {}).get("chosen_frame") if row.selection else None
+        pixels = grey_frame(read_file(path), frame)
+        image = captioned(pixels, [LevelResult(**lv) for lv in json.loads(row.result)])
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def build_app(cfg: Config, engine: Engine, store: FileStore) -> Starlette:
+    page = ResultsPage(cfg, engine, store)
+    routes = [
+        Route("/", page.home),
+        Route("/login", page.login, methods=["GET", "POST"]),
+        Route("/logout", page.logout, methods=["POST", "GET"]),
+        Route("/fragment/jobs", page.jobs_fragment),
+        Route("/api/status", page.status_json),
+        Route("/jobs/{job_id:int}", page.job),
+        Route("/jobs/{job_id:int}/slice.png", page.slice_png),
+    ]
+    secure = cfg.web.host not in ("127.0.0.1", "::1", "localhost")
+    session = Middleware(
+        SessionMiddleware, secret_key=secrets.token_hex(32), same_site="strict", https_only=secure, max_age=8 * 3600
+    )
+    return Starlette(routes=routes, middleware=[session])
+
+
+def serve_web(cfg: Config, engine: Engine, store: FileStore) -> uvicorn.Server:
+    """uvicorn in a daemon thread of the node (off the main thread it leaves SIGTERM to the node)."""
+    config = uvicorn.Config(
+        build_app(cfg, engine, store),
+        host=cfg.web.host,
+        port=cfg.web.port,
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, name="web", daemon=True).start()
+    log.info("web page", host=cfg.web.host, port=cfg.web.port, users=len(cfg.web.users))
+    return server

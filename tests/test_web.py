@@ -1,0 +1,147 @@
+"""The results page in a real browser (Debian's chromium, headless, driven by Selenium through chromium-driver) after a
+real study went through the node: the queue and the job table, a job's decision, findings and events, the analysed
+slice decoded, screenshots inspected; names and images only for a signed-in user; an exposed page needs users."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dicomgen import SeriesSpec, write_series
+from peers import free_port, storescu, successes
+from PIL import Image
+from pydicom.uid import generate_uid
+from test_deployment import wait_done
+
+from dicomnode.web import hash_password
+
+pytestmark = pytest.mark.peers
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("chromium and chromium-driver (Debian) not installed: run the README test command")
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1400",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=DRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def screenshot(driver, path: Path) -> Image.Image:
+    driver.save_screenshot(str(path))
+    image = Image.open(path).convert("RGB")
+    assert image.size[0] >= 800 and image.size[1] >= 600
+    assert len(set(image.resize((64, 64)).getdata())) > 8, "blank screenshot"  # text, table lines, the slice
+    return image
+
+
+def test_the_results_page_in_chromium(node_factory, browser, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    web = free_port()
+    users = [{"name": "radiologist", "password_hash": hash_password("correct horse battery")}]
+    sched = {"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2}
+    node = node_factory(web={"port": web, "users": users}, scheduler=sched).start()
+    files = write_series(tmp_path / "s", SeriesSpec("T2 SAG", slices=5), generate_uid())
+    assert successes((r := storescu(node.port, files)).stdout + r.stderr) == 5
+    assert wait_done(node.config, 1) == ["done"]
+    base = f"http://127.0.0.1:{web}"
+
+    browser.get(base + "/")  # not signed in: the job, no name, no image
+    row = browser.find_element(By.CSS_SELECTOR, "#jobs tr.job")
+    assert row.get_attribute("data-job") == "1" and "done" in row.text and "Test^Patient" not in browser.page_source
+    assert browser.find_element(By.CSS_SELECTOR, '#queue td[data-state="done"]').text == "1"
+    browser.get(base + "/jobs/1")
+    assert not browser.find_elements(By.ID, "slice") and "Sign in to see" in browser.page_source
+    with _status(base + "/jobs/1/slice.png") as code:
+        assert code == 403
+
+    browser.get(base + "/login")
+    browser.find_element(By.ID, "name").send_keys("radiologist")
+    browser.find_element(By.ID, "password").send_keys("wrong password")
+    browser.find_element(By.ID, "sign-in").click()
+    assert browser.find_element(By.ID, "error").text.startswith("Wrong")
+    browser.find_element(By.ID, "name").send_keys("radiologist")
+    browser.find_element(By.ID, "password").send_keys("correct horse battery")
+    browser.find_element(By.ID, "sign-in").click()
+    WebDriverWait(browser, 20).until(lambda d: "signed in as radiologist" in d.page_source)
+    assert "Test^Patient" in browser.find_element(By.ID, "jobs").text  # the name, for a signed-in user
+    screenshot(browser, tmp_path / "home.png")
+
+    browser.get(base + "/jobs/1")
+    levels = browser.find_elements(By.CSS_SELECTOR, "#levels tbody tr")
+    assert [r.text.split()[0] for r in levels][:3] == ["T12-L1", "L1", "L1-L2"] and len(levels) == 11
+    assert "Research use only" in browser.page_source and "T2 SAG" in browser.page_source
+    img = browser.find_element(By.ID, "slice")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].complete", img))
+    assert browser.execute_script("return arguments[0].naturalWidth", img) > 0
+    shot = screenshot(browser, tmp_path / "job.png")
+    box = img.rect
+    crop = shot.crop((int(box["x"]), int(box["y"]), int(box["x"] + box["width"]), int(box["y"] + box["height"])))
+    assert len(set(crop.resize((64, 64)).getdata())) > 20  # a decoded MR slice with marks, not an empty frame
+
+
+class _status:
+    """HTTP status of a GET, as a context manager (urllib raises for 4xx)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> int:
+        try:
+            with urllib.request.urlopen(self.url, timeout=30) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+
+def test_an_exposed_page_without_users_stops_the_node_before_it_starts(tmp_path: Path):
+    config = tmp_path / "c.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path}"\n[web]\nport = {free_port()}\nhost = "0.0.0.0"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "web.host other than loopback needs web.users" in r.stderr
+
+
+def test_hash_password_makes_a_hash_the_config_accepts(tmp_path: Path):
+    r = subprocess.run(
+        [sys.executable, "-m", "dicomnode.cli", "hash-password"],
+        input="a long password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("$argon2id$")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[web]\nport = 8080\nusers = [{{name = "a", password_hash = "{r.stdout.strip()}"}}]\n')
+    from dicomnode.config import load_config
+
+    assert load_config(config).web.users[0].name == "a"
