@@ -38,7 +38,6 @@ from sqlalchemy.engine import Engine
 
 from storage.states import FINAL_STATES, JobState
 
-SCHEMA_VERSION = 2  # 2: studies.active (the rule reads only those), unique (study, revision), job leases
 metadata = MetaData()
 
 instances = Table(
@@ -193,7 +192,7 @@ def open_db_readonly(target: Path | str) -> Engine:
     if is_url(target):  # a server database: read-only transactions, the schema checked as open_db checks it
         engine = create_engine(str(target), connect_args={"options": "-c default_transaction_read_only=on"})
         with engine.connect() as conn:
-            _check_version(_schema_version(conn))
+            _check_revision(schema_revision(conn))
         return engine
     path = Path(target)
 
@@ -213,7 +212,7 @@ def open_db_readonly(target: Path | str) -> Engine:
     engine = create_engine("sqlite://", creator=lambda: connect(flags))
     try:
         with engine.connect() as conn:
-            _check_version(_schema_version(conn))
+            _check_revision(schema_revision(conn))
     except RuntimeError:
         engine.dispose()
         raise
@@ -222,7 +221,7 @@ def open_db_readonly(target: Path | str) -> Engine:
 
 def connect_raw(engine: Engine) -> Any:
     """A plain DB-API connection for the receive hot path: sqlite3 with the same pragmas, or a pooled psycopg
-    connection of the engine (give it back with `release_raw`)."""
+    connection of the engine (`close()` gives it back to the pool, `discard_raw` drops a broken one)."""
     if engine.dialect.name != "sqlite":
         return engine.raw_connection()
     conn = sqlite3.connect(str(engine.url.database), check_same_thread=False, timeout=30)
@@ -241,48 +240,69 @@ def discard_raw(conn: Any) -> None:
         pass
 
 
-_VERSION_TABLE = "dicomnode_schema"  # a server database's schema version (SQLite keeps it in PRAGMA user_version)
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def _schema_version(conn: Any) -> int:
-    if conn.dialect.name == "sqlite":
-        return int(conn.execute(text("PRAGMA user_version")).scalar_one())
-    if not inspect(conn).has_table(_VERSION_TABLE):
-        return 0
-    return int(conn.execute(text(f"SELECT max(version) FROM {_VERSION_TABLE}")).scalar() or 0)
+def _alembic(conn: Any) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
 
 
-def _set_schema_version(conn: Any, version: int) -> None:
-    if conn.dialect.name == "sqlite":
-        conn.execute(text(f"PRAGMA user_version={version}"))
+def schema_head() -> str:
+    """The newest schema revision this dicomnode knows (storage/migrations/versions)."""
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
+
+
+def schema_revision(conn: Any) -> str | None:
+    """The database's revision: Alembic's, else the one its SQLite user_version stood for before Alembic (1: "0001")."""
+    from alembic.runtime.migration import MigrationContext
+
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None and conn.dialect.name == "sqlite":
+        return {1: "0001", 2: "0002"}.get(int(conn.execute(text("PRAGMA user_version")).scalar() or 0))
+    return current
+
+
+def _check_revision(revision: str | None) -> None:
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    if revision is None:
         return
-    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {_VERSION_TABLE} (version INTEGER NOT NULL)"))
-    conn.execute(text(f"DELETE FROM {_VERSION_TABLE}"))
-    conn.execute(text(f"INSERT INTO {_VERSION_TABLE} (version) VALUES ({int(version)})"))
-
-
-def _check_version(version: int) -> None:
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema {version} is newer than this dicomnode ({SCHEMA_VERSION})")
+    try:
+        ScriptDirectory(str(MIGRATIONS)).get_revision(revision)
+    except CommandError:
+        raise RuntimeError(
+            f"database schema {revision} is newer than this dicomnode (it knows {schema_head()})"
+        ) from None
 
 
 def migrate(engine: Engine) -> None:
-    """Create missing tables and step the schema version forward; each future schema change adds a step here. A
-    database newer than this dicomnode is refused. On a server database the processes of a deployment that start at
-    once migrate one after another (an advisory lock; PostgreSQL's DDL is transactional)."""
+    """Creates a new database at the newest schema, or brings an older one forward with the Alembic migrations
+    (storage/migrations: the same steps on SQLite and PostgreSQL); a schema newer than this dicomnode is refused.
+    The processes of a deployment that start at once migrate one after another (PostgreSQL: an advisory lock, and
+    its DDL is transactional)."""
+    from alembic import command
+
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7401)"))
-        version = _schema_version(conn)
-        _check_version(version)
-        if version == 1:  # SQLite only: server databases start at version 2
-            conn.execute(text("ALTER TABLE studies ADD COLUMN active INTEGER NOT NULL DEFAULT 1"))
-            conn.execute(text("ALTER TABLE jobs ADD COLUMN lease_owner VARCHAR(128)"))
-            conn.execute(text("ALTER TABLE jobs ADD COLUMN lease_until FLOAT"))
-        metadata.create_all(conn)  # new tables, and the indexes version 1 lacked (checkfirst)
-        for index in (i for t in metadata.sorted_tables for i in t.indexes):
-            index.create(conn, checkfirst=True)
-        _set_schema_version(conn, SCHEMA_VERSION)
+        revision = schema_revision(conn)
+        _check_revision(revision)
+        cfg = _alembic(conn)
+        if revision is None and not inspect(conn).has_table("jobs"):
+            metadata.create_all(conn)  # a new database: the current tables at once, stamped as the newest schema
+            command.stamp(cfg, "head")
+            return
+        if not inspect(conn).has_table("alembic_version"):
+            command.stamp(cfg, revision or "0001")  # a schema from before Alembic
+        command.upgrade(cfg, "head")
 
 
 _INSTANCE_COLS = (

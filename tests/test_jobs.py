@@ -247,7 +247,7 @@ def test_one_job_per_study_revision_is_a_constraint(env):
         db.new_job(conn, "1.2.3", 1, "a second job for the same revision")
 
 
-def test_a_version_1_database_is_migrated_in_place(tmp_path: Path):
+def test_a_version_1_database_is_migrated_in_place_by_alembic(tmp_path: Path):
     path = tmp_path / "old.db"
     engine = db.open_db(path)
     with engine.begin() as conn:  # back to the version 1 schema, with a study in it
@@ -255,6 +255,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path):
             "DROP INDEX ix_studies_active",
             "DROP INDEX ux_jobs_study_revision",
             "ALTER TABLE studies DROP COLUMN active",
+            "DROP TABLE alembic_version",
             "DROP INDEX ix_jobs_lease_owner",
             "DROP TABLE nodes",
             "ALTER TABLE jobs DROP COLUMN lease_owner",
@@ -271,7 +272,14 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path):
     with engine.connect() as conn:
         names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"ix_studies_active", "ux_jobs_study_revision"} <= names
-        assert conn.exec_driver_sql("PRAGMA user_version").scalar() == db.SCHEMA_VERSION
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == db.schema_head()
+    with engine.begin() as conn:  # a database a newer dicomnode migrated: refused, not guessed at
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="newer than this dicomnode"):
+        db.open_db(path)
+    with pytest.raises(RuntimeError, match="newer than this dicomnode"):
+        db.open_db_readonly(path)
 
 
 def test_restart_resumes_running_jobs(env, tmp_path: Path):

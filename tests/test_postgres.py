@@ -40,9 +40,9 @@ def test_the_job_lifecycle_runs_on_postgres(pg_url: str, tmp_path: Path):
     runner.tick()
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT active FROM studies").scalar() == 0
-        assert conn.exec_driver_sql("SELECT version FROM dicomnode_schema").scalar() == db.SCHEMA_VERSION
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == db.schema_head()
     with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE dicomnode_schema SET version = version + 1")
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_the_future'")
     with pytest.raises(RuntimeError, match="newer than this dicomnode"):
         db.open_db(pg_url)
 
