@@ -83,20 +83,9 @@ def test_two_nodes_on_one_folder_one_killed_every_study_once_at_the_pacs(node_fa
         assert successes(r.stdout + r.stderr) == 5
     time.sleep(1.5)  # jobs queued and running in both
     a.kill9()
-
-    def states() -> list[str]:
-        r = subprocess.run(
-            [*DICOMNODE, "jobs", "--config", str(b.config), "--json"], capture_output=True, text=True, timeout=60
-        )
-        return [j["state"] for j in json.loads(r.stdout)]
-
-    deadline = time.time() + 180
-    while time.time() < deadline and states() != ["done"] * 6:
-        time.sleep(0.5)
-    assert states() == ["done"] * 6
+    assert wait_done(b.config, 6) == ["done"] * 6
     for study in studies:
-        found = pacs.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study}})
-        classes = sorted(pacs.get(f"/instances/{i}/simplified-tags")["SOPClassUID"] for i in found)
+        classes = at_pacs(pacs, study)
         assert classes.count(SR) == 1 and classes.count(GSPS) == 1, classes
 
 
