@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import desc, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from dicomnode import heartbeat
 from dicomnode.config import Config
@@ -203,5 +204,8 @@ def reprocess_study(cfg: Config, study_uid: str) -> tuple[bool, str]:
         ).first()
         if active is not None:
             return False, f"study already has an unfinished job ({active.id})"
-        job_id = db.new_job(conn, study_uid, (rev or 0) + 1, "reprocess requested by admin")
+        try:
+            job_id = db.new_job(conn, study_uid, (rev or 0) + 1, "reprocess requested by admin")
+        except IntegrityError:  # the completion rule made this revision a moment ago
+            return False, "a new revision of this study was just started; see dicomnode jobs"
     return True, f"job {job_id} queued (revision {(rev or 0) + 1})"

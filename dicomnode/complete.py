@@ -35,7 +35,9 @@ class CompletionRule:
         now = now or time.time()
         sc = self.cfg.scheduler
         with self.engine.connect() as conn:  # only active studies, and only their jobs: indexed lookups
-            studies = conn.execute(select(db.studies).where(db.studies.c.active == 1)).all()
+            studies = conn.execute(
+                select(db.studies).where(db.studies.c.active == 1, db.studies.c.purged_at.is_(None))
+            ).all()
             uids = [st.study_uid for st in studies]
             jobs: dict[str, Any] = {}
             for chunk in (uids[i : i + 500] for i in range(0, len(uids), 500)):

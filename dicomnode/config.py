@@ -142,11 +142,26 @@ class WebConfig:
     port: StrictInt = Field(default=0, ge=0, lt=65536)  # 0 = no web page
     host: StrictStr = "127.0.0.1"
     users: list[WebUser] = field(default_factory=list)  # who may sign in and see names and images
+    certificate: StrictStr = ""  # PEM: HTTPS, required off loopback (passwords and names never travel in clear)
+    private_key: StrictStr = ""
+
+    @field_validator("certificate", "private_key")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost")
 
     @model_validator(mode="after")
-    def _exposed_needs_users(self) -> WebConfig:
-        if self.port and self.host not in ("127.0.0.1", "::1", "localhost") and not self.users:
-            raise ValueError("web.host other than loopback needs web.users (nobody could sign in, anyone could look)")
+    def _exposed_needs_users_and_https(self) -> WebConfig:
+        if bool(self.certificate) != bool(self.private_key):
+            raise ValueError("web.certificate and web.private_key go together")
+        if self.port and not self.loopback and not (self.users and self.certificate):
+            raise ValueError("web.host other than loopback needs web.users and web.certificate/private_key (HTTPS)")
         return self
 
 
@@ -183,6 +198,8 @@ class Destination:
                 raise ValueError(f"destination {self.name!r}: dicomweb needs url = 'http(s)://host:port/root'")
             if self.token and self.username:
                 raise ValueError(f"destination {self.name!r}: username/password or token, not both")
+            if self.tls:
+                raise ValueError(f"destination {self.name!r}: tls is DICOM TLS; a dicomweb url uses https://")
             return self
         _ae_title(self.ae_title)
         if not self.host or not self.port:
@@ -199,7 +216,7 @@ class DatabaseConfig:
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if value and not value.startswith(("postgresql+psycopg://", "sqlite:///")):
+        if value and not value.startswith("postgresql+psycopg://"):
             raise ValueError("use postgresql+psycopg://user@host:port/db (or leave empty for the SQLite file)")
         return value
 
@@ -238,6 +255,8 @@ class Config:
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ValueError("destinations: names must be unique")
+        if len(self.destinations) > 1 and not all(d.ae_title for d in self.destinations):
+            raise ValueError("destinations: with several, each needs ae_title (its studies' sender is matched to it)")
         return self
 
 

@@ -17,7 +17,7 @@ def path(data_dir: Path) -> Path:
 
 def write(data_dir: Path, info: dict[str, Any]) -> None:
     p = path(data_dir)
-    tmp = p.with_suffix(".tmp")
+    tmp = p.with_suffix(f".{os.getpid()}.tmp")  # each process its own: several may share a data_dir
     tmp.write_text(json.dumps(dict(info, heartbeat=time.time())))
     os.replace(tmp, p)
 

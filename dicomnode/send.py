@@ -54,6 +54,39 @@ def queue_outputs(conn: Any, job_id: int, dests: list[Destination], written: lis
                 )
 
 
+def record_send_error(cfg: Config, engine: Engine, job_id: int, detail: str) -> None:
+    """A send that raised (a results file gone, the database away) counts as a failed try of every pending object:
+    retried with the back-off, failed after send_retries, never a loop at the poll interval."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(db.sent_objects)
+            .where(db.sent_objects.c.job_id == job_id, db.sent_objects.c.status == "pending")
+            .values(attempts=db.sent_objects.c.attempts + 1, last_error=detail, updated=time.time())
+        )
+        _after_failed_try(cfg, conn, job_id, detail)
+
+
+def _after_failed_try(cfg: Config, conn: Any, job_id: int, detail: str) -> None:
+    tries = (
+        conn.execute(select(func.max(db.sent_objects.c.attempts)).where(db.sent_objects.c.job_id == job_id)).scalar()
+        or 0
+    )
+    if tries > cfg.output.send_retries:
+        db.set_job_state(
+            conn,
+            job_id,
+            JobState.FAILED,
+            detail,
+            reason_code="send_unreachable",
+            reason=f"{detail} (after {tries} tries)"[:500],
+            finished=time.time(),
+        )
+        return
+    delay = cfg.output.retry_backoff_seconds * 2 ** max(tries - 1, 0)
+    conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(not_before=time.time() + delay))
+    db.add_job_event(conn, job_id, JobState.SENDING, f"try {tries} failed ({detail}); retry in {delay:.0f}s")
+
+
 def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | None = None) -> None:
     """Sends what is still pending and moves the job on: done, failed, or a retry after a back-off."""
     t0 = time.time()
@@ -112,28 +145,7 @@ def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | Non
             log.warning("job failed", job_id=job_id, reason_code="send_refused")
             return
         if transient:
-            tries = (
-                conn.execute(
-                    select(func.max(db.sent_objects.c.attempts)).where(db.sent_objects.c.job_id == job_id)
-                ).scalar()
-                or 0
-            )
-            if tries > cfg.output.send_retries:
-                db.set_job_state(
-                    conn,
-                    job_id,
-                    JobState.FAILED,
-                    transient[0],
-                    reason_code="send_unreachable",
-                    reason=f"{transient[0]} (after {tries} tries)"[:500],
-                    finished=time.time(),
-                )
-                return
-            delay = cfg.output.retry_backoff_seconds * 2 ** (tries - 1)
-            conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(not_before=time.time() + delay))
-            db.add_job_event(
-                conn, job_id, JobState.SENDING, f"try {tries} failed ({transient[0]}); retry in {delay:.0f}s"
-            )
+            _after_failed_try(cfg, conn, job_id, transient[0])
             return
         db.set_job_state(conn, job_id, JobState.DONE, "all results stored at the destination", finished=time.time())
         db.supersede_older(conn, job_id)

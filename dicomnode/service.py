@@ -27,15 +27,25 @@ log = logs.get("dicomnode.service")
 CHILD_ENV = "DICOMNODE_RECEIVER_OF"  # set in the extra receiver processes: they start no receivers of their own
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies, even by kill -9 (Linux prctl PR_SET_PDEATHSIG)."""
+SHARED_STORE_MIN_AGE = 300.0  # seconds: with a shared database, start-up reconcile leaves younger files to their writer
+
+
+def _die_with_parent(parent: int) -> None:
+    """An extra receiver: SIGTERM when its parent dies, even by kill -9 (Linux prctl PR_SET_PDEATHSIG), set by the
+    child itself (a preexec_fn in a threaded parent can deadlock); gone already if the parent died before that."""
     import ctypes
 
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 class Node:
     def __init__(self, cfg: Config) -> None:
+        self.extra_receiver = os.environ.get(CHILD_ENV) is not None
+        if self.extra_receiver:  # one more listener on node.port; TLS, web and metrics stay with the parent
+            _die_with_parent(int(os.environ[CHILD_ENV]))
+            cfg.tls.port, cfg.web.port, cfg.node.metrics_port = 0, 0, 0
         self.cfg = cfg
         self.data_dir = cfg.data_path
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +55,7 @@ class Node:
         self.scp = StoreSCP(cfg, self.engine, self.store) if self.role != "worker" else None
         self.scheduler: Any = None
         self.web: Any = None
+        self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = threading.Event()
         self.started = time.time()
         self.id = process_id()
@@ -69,8 +80,10 @@ class Node:
         }
 
     def start(self) -> None:
-        if self.scp is not None:  # files a crash left unindexed: the receivers' side of the store
-            fixed = reconcile(self.store, self.engine)
+        if self.scp is not None and not self.extra_receiver:  # files a crash left unindexed: the receivers' side
+            # with a shared database other receivers may be writing into the store now: leave their files alone
+            min_age = SHARED_STORE_MIN_AGE if self.cfg.database.url else 0.0
+            fixed = reconcile(self.store, self.engine, min_age)
             if any(fixed.values()):
                 log.warning("store reconciled", **fixed)
         if self.role != "receiver":
@@ -80,7 +93,7 @@ class Node:
             self.scheduler.start()
         if self.scp is not None:
             self.scp.start()
-        self.children = self._start_receivers()
+        self.children = [self._spawn_receiver() for _ in range(self._extra_receivers())]
         if self.cfg.web.port:
             from dicomnode.web import serve_web
 
@@ -93,24 +106,33 @@ class Node:
         self._beat()
         log.info("node started", role=self.role, node_id=self.id, receivers=1 + len(self.children))
 
-    def _start_receivers(self) -> list[subprocess.Popen[bytes]]:
-        """`[node] receivers` - 1 more receiver processes on the same port, each a `serve --role receiver` of the same
-        configuration; they die with this process (PR_SET_PDEATHSIG) and are stopped with it."""
-        if self.scp is None or self.cfg.node.receivers < 2 or os.environ.get(CHILD_ENV):
-            return []
-        cmd = [sys.executable, "-m", "dicomnode.cli", "serve", "--role", "receiver"]
-        if self.cfg.source:
-            cmd += ["--config", self.cfg.source]
-        env = dict(os.environ, **{CHILD_ENV: str(os.getpid())})
-        return [
-            subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-            for _ in range(self.cfg.node.receivers - 1)
-        ]
+    def _extra_receivers(self) -> int:
+        """`[node] receivers` - 1 more receiver processes on node.port (plain DICOM; the TLS listener is this one's)."""
+        if self.scp is None or self.extra_receiver or self.cfg.node.receivers < 2:
+            return 0
+        if not self.cfg.source or not self.cfg.tls.plain:
+            log.warning("receivers > 1 needs a configuration file and the plain listener; running one", receivers=1)
+            return 0
+        return self.cfg.node.receivers - 1
+
+    def _spawn_receiver(self) -> subprocess.Popen[bytes]:
+        """A `serve --role receiver` of the same configuration file; it dies with this process and is restarted by
+        the main loop when it exits."""
+        cmd = [sys.executable, "-m", "dicomnode.cli", "serve", "--role", "receiver", "--config", self.cfg.source]
+        return subprocess.Popen(cmd, env=dict(os.environ, **{CHILD_ENV: str(os.getpid())}), stdin=subprocess.DEVNULL)
+
+    def _watch_receivers(self) -> None:
+        for i, child in enumerate(self.children):
+            if child.poll() is not None and not self.stopping.is_set():
+                log.warning("receiver process exited; starting another", pid=child.pid, code=child.returncode)
+                self.children[i] = self._spawn_receiver()
 
     def _beat(self, stopped: bool = False) -> None:
-        """The state file (this node, for `status` while the database is away) and the deployment's `nodes` row."""
-        heartbeat.write(self.data_dir, dict(self._info(), stopped=True) if stopped else self._info())
+        """The state file (the main process's, for `status` while the database is away) and the deployment's `nodes`
+        row; neither failing stops the node."""
         try:
+            if not self.extra_receiver:
+                heartbeat.write(self.data_dir, dict(self._info(), stopped=True) if stopped else self._info())
             db.beat(self.engine, self.row, stopped)
         except Exception as exc:  # noqa: BLE001 - the database away for a moment: the next beat comes in 5 s
             log.warning("heartbeat not recorded", error=type(exc).__name__)
@@ -120,9 +142,9 @@ class Node:
         systemd.notify("STOPPING=1")
         if self.web is not None:
             self.web.should_exit = True
-        for child in getattr(self, "children", []):
+        for child in self.children:
             child.terminate()
-        for child in getattr(self, "children", []):
+        for child in self.children:
             try:
                 child.wait(30)
             except subprocess.TimeoutExpired:
@@ -145,6 +167,7 @@ class Node:
         try:
             while not self.stopping.wait(beat):
                 self._beat()
+                self._watch_receivers()
                 if wd:
                     systemd.notify("WATCHDOG=1")
         finally:

@@ -33,8 +33,13 @@ def store(files: list[Path], url: str, username: str = "", password: str = "", t
     """POSTs the objects in one STOW-RS request; every object gets a result, and network trouble never raises."""
     datasets = [dcmread(f) for f in files]
     uids = [str(d.SOPInstanceUID) for d in datasets]
+    with _session(username, password, token) as session:
+        return _post(datasets, uids, url, session)
+
+
+def _post(datasets: list[Any], uids: list[str], url: str, session: requests.Session) -> list[SendResult]:
     try:
-        client = DICOMwebClient(url=url.rstrip("/"), session=_session(username, password, token), timeout=(10, 120))
+        client = DICOMwebClient(url=url.rstrip("/"), session=session, timeout=(10, 120))
         client.set_http_retry_params(retry=False)  # the send stage retries, with its back-off and its records
         answer: Any = client.store_instances(datasets)
     except requests.exceptions.HTTPError as exc:

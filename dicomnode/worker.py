@@ -8,6 +8,7 @@ replaces itself at the PACS instead of appearing twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ from dicomnode import logs, metrics
 from dicomnode.analyse import AnalysisError, NoInput, analyse
 from dicomnode.config import Config
 from dicomnode.report.outputs import write_outputs
-from dicomnode.send import destinations, queue_outputs, send_job
+from dicomnode.send import destinations, queue_outputs, record_send_error, send_job
 from storage import db
 from storage.filestore import FileStore
 from storage.states import JobState
@@ -57,17 +58,26 @@ class Worker:
             self._tls = client_context(cfg.tls)
 
     def resume(self) -> int:
-        """At start: jobs that an earlier process of this node left running go back to the queue, sending ones resend
-        at once, without waiting for their leases to expire. Jobs of live workers (here or on other machines) are
-        theirs."""
+        """At start: jobs that a dead process of this machine held (or that nobody holds while running) go back to
+        the queue, and sends it held resume at once, without waiting for their leases to expire. Jobs of live
+        workers, here or on other machines, are theirs; sends waiting out a back-off keep it."""
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(db.jobs.c.id, db.jobs.c.state, db.jobs.c.attempts, db.jobs.c.lease_owner).where(
                     db.jobs.c.state.in_([JobState.RUNNING.value, JobState.SENDING.value])
                 )
             ).all()
-            rows = [r for r in rows if r.lease_owner is None or self._gone(r.lease_owner)]
-            for job_id, state, attempts, _ in rows:
+            rows = [
+                r
+                for r in rows
+                if (r.lease_owner is None and r.state == JobState.RUNNING.value)
+                or (r.lease_owner is not None and self._gone(r.lease_owner))
+            ]
+            for job_id, state, attempts, owner in rows:
+                held = db.jobs.c.lease_owner.is_(None) if owner is None else db.jobs.c.lease_owner == owner
+                taken = update(db.jobs).where(db.jobs.c.id == job_id, held).values(lease_owner=None, lease_until=None)
+                if not conn.execute(taken).rowcount:  # claimed by a live worker meanwhile: its job now
+                    continue
                 if state == JobState.RUNNING.value and attempts >= MAX_RUN_ATTEMPTS:
                     # a study that takes the process down with it must not do so forever
                     why = f"interrupted {attempts} times while running (the process died each time)"
@@ -77,7 +87,6 @@ class Worker:
                 else:
                     conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(not_before=None))
                     db.add_job_event(conn, job_id, JobState.SENDING, "send resumed after restart")
-                conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(lease_owner=None, lease_until=None))
         return len(rows)
 
     def _gone(self, owner: str) -> bool:
@@ -116,6 +125,12 @@ class Worker:
                 send_job(self.cfg, self.engine, job_id, self._tls)
             else:  # queued, or running under a worker that died
                 self.run(job_id)
+        except Exception as exc:  # noqa: BLE001 - the database or the store failed under the job
+            log.error("job step failed", job_id=job_id, state=state, error=type(exc).__name__, trace=_frames(exc))
+            if state == JobState.SENDING.value:
+                with contextlib.suppress(Exception):  # counted as a failed try: retried with back-off, then failed
+                    record_send_error(self.cfg, self.engine, job_id, f"{type(exc).__name__}: {exc}"[:300])
+            # a run that raised stays running without a lease: claimed again, and run() counts its attempts
         finally:
             with self._lock:
                 self._active.discard(job_id)
@@ -125,6 +140,9 @@ class Worker:
         t0 = time.time()
         with self.engine.begin() as conn:
             job = conn.execute(select(db.jobs).where(db.jobs.c.id == job_id)).one()
+            if job.lease_owner != self.owner or job.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+                log.warning("job no longer ours", job_id=job_id, state=job.state)  # its lease expired, another took it
+                return
             if job.state == JobState.RUNNING.value and job.attempts >= MAX_RUN_ATTEMPTS:
                 # taken over from a worker that died: a study that takes workers down must not do so forever
                 why = f"interrupted {job.attempts} times while running (its worker died each time)"

@@ -7,9 +7,12 @@ synchronous=NORMAL: a commit survives a killed process; the files themselves are
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +169,21 @@ def _pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def is_url(target: Path | str) -> bool:
-    return "://" in str(target)
+    """A server database's URL; a Path made of one (its // collapsed) is refused rather than opened as a file."""
+    text_ = str(target)
+    if "://" in text_:
+        return True
+    if re.match(r"^[a-z][a-z0-9+]*:/", text_):
+        raise ValueError(f"{text_!r} looks like a database URL that lost its '//' (passed through Path?)")
+    return False
 
 
 def open_db(target: Path | str) -> Engine:
     """Open (create, migrate) the database: a SQLite file path, or a URL (`postgresql+psycopg://user@host:port/db`,
-    shared by every process of a deployment)."""
+    shared by every process of a deployment). A server database gets a small pool per process (10 + 10): several
+    processes stay under PostgreSQL's default max_connections of 100."""
     if is_url(target):
-        engine = create_engine(str(target), pool_size=20, max_overflow=20, pool_pre_ping=True)
+        engine = create_engine(str(target), pool_size=10, max_overflow=10, pool_pre_ping=True)
     else:
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +293,20 @@ def _check_revision(revision: str | None) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """Processes that open one new SQLite file at once create its tables one after another (flock on a lock file)."""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    with open(f"{engine.url.database}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine) -> None:
     """Creates a new database at the newest schema, or brings an older one forward with the Alembic migrations
     (storage/migrations: the same steps on SQLite and PostgreSQL); a schema newer than this dicomnode is refused.
@@ -290,7 +314,7 @@ def migrate(engine: Engine) -> None:
     its DDL is transactional)."""
     from alembic import command
 
-    with engine.begin() as conn:
+    with _sqlite_file_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7401)"))
         revision = schema_revision(conn)
@@ -442,7 +466,7 @@ def claim_job(engine: Engine, owner: str, lease_seconds: float) -> tuple[int, st
     due = or_(
         jobs.c.state == JobState.QUEUED.value,
         and_(jobs.c.state == JobState.SENDING.value, or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now)),
-        and_(jobs.c.state == JobState.RUNNING.value, jobs.c.lease_until.is_not(None)),  # taken over once expired
+        jobs.c.state == JobState.RUNNING.value,  # free: its worker died or gave it up (run() counts the attempts)
     )
     pick = select(jobs.c.id).where(due, free).order_by(jobs.c.id).limit(1)
     if engine.dialect.name == "postgresql":

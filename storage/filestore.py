@@ -5,6 +5,7 @@ A file becomes visible only by an atomic rename after fsync, so a crash leaves e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -73,12 +74,17 @@ class FileStore:
             finally:
                 os.close(dfd)
 
-    def clean_tmp(self) -> int:
-        """Remove leftovers of writes a crash interrupted (they were never acknowledged)."""
+    def clean_tmp(self, min_age: float = 0.0) -> int:
+        """Remove leftovers of writes a crash interrupted (they were never acknowledged); min_age: only those older
+        than this, when other processes may be writing into the same store."""
         n = 0
+        cutoff = time.time() - min_age
         for p in self.tmp.glob("*.part"):
-            p.unlink(missing_ok=True)
-            n += 1
+            with contextlib.suppress(FileNotFoundError):
+                if min_age and p.stat().st_mtime > cutoff:
+                    continue
+                p.unlink()
+                n += 1
         return n
 
     def free_bytes(self, max_age: float = 1.0) -> int:
@@ -133,14 +139,17 @@ def read_header(data: bytes | Path) -> pydicom.Dataset:
     return pydicom.dcmread(src, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
 
 
-def reconcile(store: FileStore, engine: Engine) -> dict[str, int]:
+def reconcile(store: FileStore, engine: Engine, min_age: float = 0.0) -> dict[str, int]:
     """Bring the index in line with the files: index files a crash left unindexed; report rows whose file
-    is gone. Runs at start, before the SCP accepts anything."""
+    is gone. Runs at start, before the SCP accepts anything. min_age: in a deployment whose other receivers write
+    into the same store now, only files (and leftovers) older than this are touched, so that a write in flight is
+    neither deleted nor counted twice."""
     from sqlalchemy import select
 
     from storage import db
 
-    removed_tmp = store.clean_tmp()
+    removed_tmp = store.clean_tmp(min_age)
+    cutoff = time.time() - min_age
     with engine.connect() as conn:
         known = {p for (p,) in conn.execute(select(db.instances.c.path))}
     added = 0
@@ -148,6 +157,8 @@ def reconcile(store: FileStore, engine: Engine) -> dict[str, int]:
         rel = str(path.relative_to(store.root))
         if rel in known:
             known.discard(rel)
+            continue
+        if min_age and path.stat().st_mtime > cutoff:
             continue
         try:
             hdr = read_header(path)

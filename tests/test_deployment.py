@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from dicomgen import SeriesSpec, write_series
-from peers import DICOMNODE, echo_ok, storescu, successes
+from peers import DICOMNODE, echo_ok, free_port, storescu, successes
 from pydicom.uid import generate_uid
 
 pytestmark = pytest.mark.peers
@@ -90,7 +90,7 @@ def test_two_nodes_on_one_folder_one_killed_every_study_once_at_the_pacs(node_fa
 
 
 def test_two_receivers_on_one_port_store_everything_and_die_with_the_node(node_factory, tmp_path: Path):
-    node = node_factory(node={"receivers": 2}).start()
+    node = node_factory(node={"receivers": 2, "metrics_port": free_port()}).start()  # metrics stay the parent's
     deadline = time.time() + 60
     while time.time() < deadline:
         nodes = cli_json(node.config, "status")["nodes"]

@@ -15,7 +15,7 @@ from peers import Orthanc
 from test_jobs import events, jobs
 from test_sending import runner_for, start_job
 
-from dicomnode.config import Destination
+from dicomnode.config import Config, Destination
 from dicomnode.stow import store
 
 pytestmark = pytest.mark.peers
@@ -114,3 +114,8 @@ def test_a_dicomweb_destination_needs_its_url():
         Destination("archive", protocol="dicomweb")
     with pytest.raises(ValueError, match="needs ae_title, host and port"):
         Destination("pacs", ae_title="PACS")
+    with pytest.raises(ValueError, match="a dicomweb url uses https"):
+        Destination("archive", protocol="dicomweb", url="http://a/dicom-web", tls=True)
+    two = [Destination("pacs", "PACS", "h", 104), Destination("archive", protocol="dicomweb", url="http://a/dw")]
+    with pytest.raises(ValueError, match="with several, each needs ae_title"):
+        Config(destinations=two)

@@ -266,9 +266,19 @@ def test_a_version_1_database_is_migrated_in_place_by_alembic(tmp_path: Path):
         conn.exec_driver_sql(
             "INSERT INTO studies (study_uid, first_received, last_received, instances) VALUES ('1.2', 0, 0, 3)"
         )
+        conn.exec_driver_sql(  # a study retention removed: nothing for the completion rule after the upgrade
+            "INSERT INTO studies (study_uid, first_received, last_received, instances, purged_at)"
+            " VALUES ('1.3', 0, 0, 3, 5)"
+        )
+        for _ in range(2):  # two jobs of one revision, as a reprocess racing the rule could make before
+            conn.exec_driver_sql(
+                "INSERT INTO jobs (study_uid, revision, state, created, updated, attempts)"
+                " VALUES ('1.2', 1, 'done', 0, 0, 1)"
+            )
     engine.dispose()
     engine = db.open_db(path)
-    assert active(engine) == {"1.2": 1}
+    assert active(engine) == {"1.2": 1, "1.3": 0}
+    assert [j.revision for j in jobs(engine)] == [1, 2]  # the duplicate renumbered, nothing deleted
     with engine.connect() as conn:
         names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"ix_studies_active", "ux_jobs_study_revision"} <= names
@@ -388,3 +398,9 @@ def test_history_expires_results_then_jobs_of_purged_studies_and_old_association
     assert [j.id for j in jobs(engine)] == [fresh_job]
     keep = retention.expire_history(engine, store, 0, 0, now=time.time() + 10 * 365 * 86400)
     assert keep == {"results_removed": 0, "jobs_expired": 0, "associations_expired": 0}
+
+
+def test_a_database_url_that_lost_its_slashes_is_refused_not_opened_as_a_file(tmp_path: Path):
+    with pytest.raises(ValueError, match="lost its '//'"):
+        db.open_db(Path("postgresql+psycopg://u@127.0.0.1:5/db"))
+    assert not list(tmp_path.iterdir())

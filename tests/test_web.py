@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_an_exposed_page_without_users_stops_the_node_before_it_starts(tmp_path:
         text=True,
         timeout=60,
     )
-    assert r.returncode == 2 and "web.host other than loopback needs web.users" in r.stderr
+    assert r.returncode == 2 and "web.host other than loopback needs web.users and web.certificate" in r.stderr
 
 
 def test_hash_password_makes_a_hash_the_config_accepts(tmp_path: Path):
@@ -145,3 +146,42 @@ def test_hash_password_makes_a_hash_the_config_accepts(tmp_path: Path):
     from dicomnode.config import load_config
 
     assert load_config(config).web.users[0].name == "a"
+
+
+@pytest.mark.security
+def test_an_exposed_page_is_https_with_a_secure_cookie_and_hides_failure_text(node_factory, tmp_path: Path):
+    import http.cookiejar
+    import ssl
+    import urllib.parse
+
+    from pki import make_ca, make_leaf
+
+    ca = make_ca(tmp_path / "pki", "ca")
+    crt, key = make_leaf(tmp_path / "pki", "web", ca)
+    web = free_port()
+    users = [{"name": "radiologist", "password_hash": hash_password("correct horse battery")}]
+    section = {"port": web, "host": "0.0.0.0", "users": users, "certificate": str(crt), "private_key": str(key)}
+    sched = {"study_quiet_seconds": 1, "series_quiet_seconds": 1, "poll_seconds": 0.2}
+    node = node_factory(web=section, scheduler=sched).start()
+    files = write_series(tmp_path / "s", SeriesSpec("T1 AX", plane="ax", slices=3), generate_uid())
+    assert successes((r := storescu(node.port, files)).stdout + r.stderr) == 3
+    ctx = ssl.create_default_context(cafile=str(ca[0]))
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=ctx), urllib.request.HTTPCookieProcessor(jar)
+    )
+    base = f"https://127.0.0.1:{web}"
+    deadline = time.time() + 60
+    while time.time() < deadline and 'class="state state-no_input"' not in (
+        page := opener.open(base + "/", timeout=30).read().decode()
+    ):
+        time.sleep(0.5)
+    assert "no_input" in page and "no sagittal T2" not in page  # the reason's text only after sign-in
+    with pytest.raises(OSError):  # plain HTTP is not served (URLError or the connection closed)
+        urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=10)
+    form = urllib.parse.urlencode({"name": "radiologist", "password": "correct horse battery"}).encode()
+    opener.open(base + "/login", data=form, timeout=30)
+    (cookie,) = list(jar)
+    assert cookie.secure and cookie.name == "session"
+    page = opener.open(base + "/", timeout=30).read().decode()
+    assert "signed in as radiologist" in page and "no sagittal T2" in page, page[page.find("<tbody") :][:1500]

@@ -36,7 +36,7 @@ def build_sc(
         manufacturer=MANUFACTURER,
         # highdicom 0.28.2 annotates this argument tuple[int, int] (its constructor: tuple[float, float]); millimetres
         pixel_spacing=(float(source.PixelSpacing[0]), float(source.PixelSpacing[1]))  # type: ignore[arg-type]
-        if "PixelSpacing" in source
+        if len(source.get("PixelSpacing") or []) == 2
         else None,
         patient_orientation=("A", "F"),
         transfer_syntax_uid="1.2.840.10008.1.2.1",

@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import desc, select
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -76,15 +77,18 @@ class ResultsPage:
         name = request.session.get("user")
         return name if name in self.users else None
 
+    def _verify(self, name: str, password: str) -> bool:
+        try:
+            return name in self.users and HASHER.verify(self.users[name], password)
+        except VerificationError:
+            return False
+
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return _page("login.html", error=None, users=bool(self.users))
         form = await request.form()
         name, password = str(form.get("name", "")), str(form.get("password", ""))
-        try:
-            ok = name in self.users and HASHER.verify(self.users[name], password)
-        except VerificationError:
-            ok = False
+        ok = await run_in_threadpool(self._verify, name, password)  # argon2 takes tens of ms: off the event loop
         if not ok:
             log.warning("web sign-in refused")
             return _page("login.html", error="Wrong name or password.", users=bool(self.users))
@@ -113,7 +117,8 @@ class ResultsPage:
                     "id": r.id,
                     "state": r.state,
                     "reason_code": r.reason_code,
-                    "reason": r.reason,
+                    # a failure's text may quote the study's own values: only for a signed-in user
+                    "reason": r.reason if signed_in else None,
                     "study_uid": r.study_uid,
                     "revision": r.revision,
                     "model_version": r.model_version,
@@ -142,20 +147,21 @@ class ResultsPage:
             rel = conn.execute(select(db.instances.c.path).where(db.instances.c.sop_instance_uid == sop_uid)).scalar()
         return self.store.root / rel if rel else None
 
-    async def home(self, request: Request) -> Response:
+    # the pages read the database and DICOM files: plain functions, which Starlette runs in its thread pool
+    def home(self, request: Request) -> Response:
         user = self.user(request)
         facts = collect(self.cfg)
         return _page("home.html", facts=facts, jobs=self._jobs(bool(user)), user=user, users=bool(self.users))
 
-    async def jobs_fragment(self, request: Request) -> Response:
+    def jobs_fragment(self, request: Request) -> Response:
         user = self.user(request)
         return _page("jobs_rows.html", jobs=self._jobs(bool(user)))
 
-    async def status_json(self, request: Request) -> Response:
+    def status_json(self, request: Request) -> Response:
         facts = collect(self.cfg)
         return JSONResponse({k: facts[k] for k in ("jobs", "instances", "studies", "disk_free_bytes", "last_hour")})
 
-    async def job(self, request: Request) -> Response:
+    def job(self, request: Request) -> Response:
         user = self.user(request)
         job_id = int(request.path_params["job_id"])
         with self.engine.connect() as conn:
@@ -177,14 +183,18 @@ class ResultsPage:
             user=user,
             users=bool(self.users),
             events=[
-                {"at": time.strftime("%H:%M:%S", time.localtime(e.at)), "state": e.state, "detail": e.detail}
+                {
+                    "at": time.strftime("%H:%M:%S", time.localtime(e.at)),
+                    "state": e.state,
+                    "detail": e.detail if user else None,
+                }
                 for e in evs
             ],
             stages=_durations(evs),
             patient=self._patient(row.sop_instance_uid) if user else None,
         )
 
-    async def slice_png(self, request: Request) -> Response:
+    def slice_png(self, request: Request) -> Response:
         if self.user(request) is None:
             return Response("sign in to see images", status_code=403)
         job_id = int(request.path_params["job_id"])
@@ -216,9 +226,9 @@ def build_app(cfg: Config, engine: Engine, store: FileStore) -> Starlette:
         Route("/jobs/{job_id:int}", page.job),
         Route("/jobs/{job_id:int}/slice.png", page.slice_png),
     ]
-    secure = cfg.web.host not in ("127.0.0.1", "::1", "localhost")
+    https = bool(cfg.web.certificate)
     session = Middleware(
-        SessionMiddleware, secret_key=secrets.token_hex(32), same_site="strict", https_only=secure, max_age=8 * 3600
+        SessionMiddleware, secret_key=secrets.token_hex(32), same_site="strict", https_only=https, max_age=8 * 3600
     )
     return Starlette(routes=routes, middleware=[session])
 
@@ -232,6 +242,8 @@ def serve_web(cfg: Config, engine: Engine, store: FileStore) -> uvicorn.Server:
         access_log=False,
         log_level="warning",
         lifespan="off",
+        ssl_certfile=cfg.web.certificate or None,  # HTTPS (required off loopback)
+        ssl_keyfile=cfg.web.private_key or None,
     )
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="web", daemon=True).start()
