@@ -301,6 +301,8 @@ class StoreSCP:
         """A reused connection, or a new one when none is free. One call, not `empty()` then `get_nowait()`: between
         those two another association's thread may take the last one, and this store would answer 0xA700 for an
         instance already written."""
+        if self.engine.dialect.name != "sqlite":  # a server database: the engine's pool keeps them
+            return db.connect_raw(self.engine)
         try:
             return self._conns.get_nowait()
         except queue.Empty:
@@ -353,7 +355,10 @@ class StoreSCP:
             except Exception:
                 db.discard_raw(conn)  # a server that went away leaves it broken: never reused
                 raise
-            self._conns.put(conn)
+            if self.engine.dialect.name == "sqlite":
+                self._conns.put(conn)
+            else:
+                conn.close()  # back to the engine's pool, shared with the rest of the process
         except Exception as exc:  # noqa: BLE001 - the database may be locked for longer than busy_timeout
             metrics.STORE_FAILURES.labels(reason="database").inc()
             log.error("index failed", sop_instance_uid=sop_uid, error=type(exc).__name__)
