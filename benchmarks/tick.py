@@ -1,22 +1,25 @@
 """Cost of one completion-rule tick (and the gauges it updates) as the history grows: N finished studies (5 indexed
-instances and a done job each) plus 20 studies arriving now, on SQLite. The cost must follow the active studies,
-not the history: the figure at 100k within 2x of the figure at 1k. Prints JSON.
+instances and a done job each) plus 20 studies arriving now, on SQLite and on PostgreSQL (a throwaway cluster of
+Debian's postgresql, started as the tests start it). The cost must follow the active studies, not the history: the
+figure at 100k within 2x of the figure at 1k. Prints JSON.
 
-    .venv/bin/python benchmarks/tick.py [--sizes 1000 10000 100000] [--ticks 7]
+    .venv/bin/python benchmarks/tick.py [--sizes 1000 10000 100000] [--ticks 7] [--no-postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dicomnode.complete import CompletionRule  # noqa: E402
 from dicomnode.config import Config  # noqa: E402
@@ -27,66 +30,80 @@ ACTIVE = 20
 INSTANCES = 5
 
 
-def fill(engine: object, finished: int, now: float) -> None:
+def fill(engine: Any, finished: int, now: float) -> None:
     """The history as the node leaves it: finished studies, their instances and one done job each."""
-    conn = db.connect_raw(engine)  # type: ignore[arg-type]
-    with conn:
-        conn.executemany(
-            "INSERT INTO studies (study_uid, first_received, last_received, instances, calling_ae) VALUES (?,?,?,?,?)",
-            ((f"1.2.{i}", now - 9e5, now - 9e5, INSTANCES, "PACS") for i in range(finished)),
-        )
-        conn.executemany(
-            "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid, transfer_syntax, path,"
-            " size, received_at) VALUES (?,?,?,?,?,?,?,?)",
-            (
-                (
-                    f"1.2.{i}.{k}",
-                    "1.2.840.10008.5.1.4.1.1.4",
-                    f"1.2.{i}",
-                    f"1.2.{i}.9",
-                    "1.2.840.10008.1.2.1",
-                    "x",
-                    1,
-                    0,
-                )
-                for i in range(finished)
-                for k in range(INSTANCES)
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO jobs (study_uid, revision, state, created, updated, attempts, input_instances, finished)"
-            " VALUES (?, 1, 'done', ?, ?, 1, ?, ?)",
-            ((f"1.2.{i}", now - 9e5, now - 9e5, INSTANCES, now - 9e5) for i in range(finished)),
-        )
-        conn.executemany(
-            "INSERT INTO studies (study_uid, first_received, last_received, instances, calling_ae) VALUES (?,?,?,?,?)",
-            ((f"9.9.{i}", now, now, 3, "PACS") for i in range(ACTIVE)),
-        )
-    conn.close()
+    raw = db.connect_raw(engine)
+    cur = raw.cursor()
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+
+    def insert(table: str, columns: str, rows: Any) -> None:
+        rows = list(rows)
+        marks = ",".join([mark] * len(rows[0]))
+        cur.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+
+    old = now - 9e5
+    insert(
+        "studies",
+        "study_uid, first_received, last_received, instances, calling_ae",
+        ((f"1.2.{i}", old, old, INSTANCES, "PACS") for i in range(finished)),
+    )
+    insert(
+        "instances",
+        "sop_instance_uid, sop_class_uid, study_uid, series_uid, transfer_syntax, path, size, received_at",
+        (
+            (f"1.2.{i}.{k}", "1.2.840.10008.5.1.4.1.1.4", f"1.2.{i}", f"1.2.{i}.9", "1.2.840.10008.1.2.1", "x", 1, old)
+            for i in range(finished)
+            for k in range(INSTANCES)
+        ),
+    )
+    insert(
+        "jobs",
+        "study_uid, revision, state, created, updated, attempts, input_instances, finished",
+        ((f"1.2.{i}", 1, "done", old, old, 1, INSTANCES, old) for i in range(finished)),
+    )
+    insert(
+        "studies",
+        "study_uid, first_received, last_received, instances, calling_ae",
+        ((f"9.9.{i}", now, now, 3, "PACS") for i in range(ACTIVE)),
+    )
+    raw.commit()
+    raw.close()
+    if engine.dialect.name == "postgresql":  # statistics, as autovacuum keeps them on a live server
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
 
 
-def measure(finished: int, ticks: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Config()
-        cfg.node.data_dir = tmp
-        engine = db.open_db(Path(tmp) / "dicomnode.db")
-        now = time.time()
-        fill(engine, finished, now)
-        rule = CompletionRule(cfg, engine, FileStore(Path(tmp), fsync=False))
+def measure(target: Any, folder: Path, finished: int, ticks: int) -> dict[str, float]:
+    cfg = Config()
+    cfg.node.data_dir = str(folder)
+    engine = db.open_db(target)
+    now = time.time()
+    fill(engine, finished, now)
+    rule = CompletionRule(cfg, engine, FileStore(folder, fsync=False))
+    t0 = time.perf_counter()
+    rule.tick(now)  # the first tick settles the history (after an upgrade every study starts active)
+    first = time.perf_counter() - t0
+    times = []
+    for k in range(ticks):
         t0 = time.perf_counter()
-        rule.tick(now)  # the first tick after an upgrade settles the history once
-        first = time.perf_counter() - t0
-        times = []
-        for k in range(ticks):
-            t0 = time.perf_counter()
-            rule.tick(now + 1 + k)
-            times.append(time.perf_counter() - t0)
-        engine.dispose()
+        rule.tick(now + 1 + k)
+        times.append(time.perf_counter() - t0)
+    engine.dispose()
     return {
         "finished_studies": finished,
         "tick_s_median": round(statistics.median(times), 5),
         "tick_s_max": round(max(times), 5),
-        "first_tick_s": round(first, 4),
+        "first_tick_s": round(first, 3),
+    }
+
+
+def series(name: str, runs: list[dict[str, float]]) -> dict[str, Any]:
+    base = runs[0]["tick_s_median"]
+    return {
+        "database": name,
+        "active_studies": ACTIVE,
+        "runs": runs,
+        "ratio_largest_to_smallest": round(runs[-1]["tick_s_median"] / base, 2) if base else None,
     }
 
 
@@ -94,20 +111,31 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--ticks", type=int, default=7)
+    p.add_argument("--no-postgres", action="store_true")
     args = p.parse_args()
-    rows = [measure(n, args.ticks) for n in args.sizes]
-    base = rows[0]["tick_s_median"]
-    print(
-        json.dumps(
-            {
-                "database": "sqlite",
-                "active_studies": ACTIVE,
-                "runs": rows,
-                "ratio_largest_to_smallest": round(rows[-1]["tick_s_median"] / base, 2) if base else None,
-            },
-            indent=2,
-        )
-    )
+    out = []
+    runs = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(measure(Path(tmp) / "dicomnode.db", Path(tmp), n, args.ticks))
+    out.append(series("sqlite", runs))
+    if not args.no_postgres:
+        from peers import PG_BIN, Postgres
+
+        if PG_BIN is None:
+            out.append({"database": "postgresql", "skipped": "PostgreSQL not installed"})
+        else:
+            server = Postgres(Path(tempfile.mkdtemp(prefix="dicomnode-pg-"))).start()
+            try:
+                runs = []
+                for n in args.sizes:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        runs.append(measure(server.database(f"tick_{n}"), Path(tmp), n, args.ticks))
+                out.append(series("postgresql", runs))
+            finally:
+                server.stop()
+                shutil.rmtree(server.root, ignore_errors=True)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
