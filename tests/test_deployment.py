@@ -107,6 +107,15 @@ def test_two_receivers_on_one_port_store_everything_and_die_with_the_node(node_f
     assert status["instances"] == 80 and status["studies"] == 8
     node.kill9()
     deadline = time.time() + 30
-    while time.time() < deadline and Path(f"/proc/{child}").exists():
+    while time.time() < deadline and running(child):
         time.sleep(0.2)
-    assert not Path(f"/proc/{child}").exists()  # no orphan keeps the port
+    assert not running(child)  # no orphan keeps the port
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whichever process adopted it, maybe late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -38,6 +38,16 @@ class OutputIds:
     def instance(self, kind: str) -> str:
         return generate_uid(entropy_srcs=[self.study_uid, kind, str(self.revision), "instance"])
 
+    def identity(self, kind: str) -> dict[str, Any]:
+        """The arguments every object we write passes its highdicom constructor: series, instance and maker."""
+        return {
+            "series_instance_uid": self.series(kind),
+            "series_number": SERIES[kind][0],
+            "sop_instance_uid": self.instance(kind),
+            "instance_number": self.revision,
+            "manufacturer": MANUFACTURER,
+        }
+
 
 def contributing_equipment(model_version: str) -> list[hd.ContributingEquipment]:
     return [

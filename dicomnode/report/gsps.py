@@ -22,7 +22,6 @@ from ai.labels import describe, is_abnormal
 from ai.results import LevelResult, numbering_uncertain
 from dicomnode import __version__
 from dicomnode.report.common import (
-    MANUFACTURER,
     MODEL_NAME,
     SERIES,
     OutputIds,
@@ -153,16 +152,12 @@ def build_gsps(
     if normal_objs:
         layers.append(normal_layer)
         annotations.append(GraphicAnnotation([source], normal_layer, frame, graphic_objects=normal_objs))
-    number, description = SERIES["gsps"]
+    description = SERIES["gsps"][1]
     centre, width = window or (2048.0, 4096.0)  # 12-bit full range when neither the image nor the caller names one
     caveat = "numbering uncertain; unverified" if uncertain else "not physician-verified"
     pr = GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
-        series_instance_uid=ids.series("gsps"),
-        series_number=number,
-        sop_instance_uid=ids.instance("gsps"),
-        instance_number=ids.revision,
-        manufacturer=MANUFACTURER,
+        **ids.identity("gsps"),
         manufacturer_model_name=MODEL_NAME,
         software_versions=__version__,
         device_serial_number="0",

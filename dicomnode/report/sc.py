@@ -8,7 +8,6 @@ from pydicom.dataset import Dataset
 
 from ai.results import LevelResult
 from dicomnode.report.common import (
-    MANUFACTURER,
     SERIES,
     OutputIds,
     carry_patient_context,
@@ -22,18 +21,14 @@ def build_sc(
     source: Dataset, pixels: np.ndarray, levels: list[LevelResult], model_version: str, ids: OutputIds
 ) -> Dataset:
     rgb = np.asarray(render(pixels, levels, upscale=False))
-    number, description = SERIES["sc"]
+    description = SERIES["sc"][1]
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=rgb,
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=ids.series("sc"),
-        series_number=number,
-        sop_instance_uid=ids.instance("sc"),
-        instance_number=ids.revision,
-        manufacturer=MANUFACTURER,
+        **ids.identity("sc"),
         # highdicom 0.28.2 annotates this argument tuple[int, int] (its constructor: tuple[float, float]); millimetres
         pixel_spacing=(float(source.PixelSpacing[0]), float(source.PixelSpacing[1]))  # type: ignore[arg-type]
         if len(source.get("PixelSpacing") or []) == 2

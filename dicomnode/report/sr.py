@@ -94,15 +94,11 @@ def build_sr(
         title=codes.DCM.ImagingMeasurementReport,
         referenced_images=[frame_view(source, frame)],
     )
-    number, description = SERIES["sr"]
+    description = SERIES["sr"][1]
     sr = ComprehensiveSR(
         evidence=[source],
         content=report,
-        series_instance_uid=ids.series("sr"),
-        series_number=number,
-        sop_instance_uid=ids.instance("sr"),
-        instance_number=ids.revision,
-        manufacturer=MANUFACTURER,
+        **ids.identity("sr"),
         is_complete=True,
         is_final=False,
         is_verified=False,
