@@ -4,13 +4,16 @@ service is stopped, and they never load torch (tests/test_layout.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import desc, func, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from dicomnode import heartbeat
@@ -29,17 +32,35 @@ def _ago(t: float | None) -> str:
     return f"{s:.0f}s ago"
 
 
-def list_jobs(cfg: Config, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def _reading(cfg: Config, engine: Engine | None) -> Iterator[Engine | None]:
+    """The caller's engine (the web page: the node's own), else the database opened read-only for this one look and
+    closed after it; None where there is no database yet."""
+    if engine is not None:
+        yield engine
+        return
     target = cfg.database_target
     if not db.is_url(target) and not Path(target).exists():
-        return []
-    engine = db.open_db_readonly(target)
+        yield None
+        return
+    opened = db.open_db_readonly(target)
+    try:
+        yield opened
+    finally:
+        opened.dispose()
+
+
+def list_jobs(
+    cfg: Config, state: str | None = None, limit: int = 50, engine: Engine | None = None
+) -> list[dict[str, Any]]:
     q = select(db.jobs).order_by(desc(db.jobs.c.id)).limit(limit)
     if state:
         q = q.where(db.jobs.c.state == state)
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(q)]
-    engine.dispose()
+    with _reading(cfg, engine) as reader:
+        if reader is None:
+            return []
+        with reader.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
     out = []
     for r in rows:
         dur = (r["finished"] - r["started"]) if r["finished"] and r["started"] else None
@@ -63,7 +84,7 @@ def list_jobs(cfg: Config, state: str | None = None, limit: int = 50) -> list[di
     return out
 
 
-def collect(cfg: Config) -> dict[str, Any]:
+def collect(cfg: Config, engine: Engine | None = None) -> dict[str, Any]:
     data = cfg.data_path
     service = heartbeat.read(data)
     disk_root = data if data.exists() else data.parent
@@ -88,22 +109,22 @@ def collect(cfg: Config) -> dict[str, Any]:
         "failures": [],
         "last_hour": {"instances": 0, "receive_rate_per_min": 0.0, "jobs_done": 0, "job_latency_s_mean": None},
     }
-    target = cfg.database_target
-    if not db.is_url(target) and not Path(target).exists():
-        return facts
-    engine = db.open_db_readonly(target)
-    facts.update(db.counts(engine))
-    hour = time.time() - 3600
-    with engine.connect() as conn:
-        n = conn.execute(select(func.count()).where(db.instances.c.received_at >= hour)).scalar_one()
-        done = conn.execute(
-            select(db.jobs.c.started, db.jobs.c.finished).where(
-                db.jobs.c.state == JobState.DONE.value, db.jobs.c.finished >= hour
-            )
-        ).all()
-        assoc = conn.execute(select(func.count()).where(db.associations.c.started >= hour)).scalar_one()
-        facts["nodes"] = db.list_nodes(conn, since=time.time() - 86400)
-    engine.dispose()
+    with _reading(cfg, engine) as reader:
+        if reader is None:
+            return facts
+        facts.update(db.counts(reader))
+        hour = time.time() - 3600
+        with reader.connect() as conn:
+            n = conn.execute(select(func.count()).where(db.instances.c.received_at >= hour)).scalar_one()
+            done = conn.execute(
+                select(db.jobs.c.started, db.jobs.c.finished).where(
+                    db.jobs.c.state == JobState.DONE.value, db.jobs.c.finished >= hour
+                )
+            ).all()
+            assoc = conn.execute(select(func.count()).where(db.associations.c.started >= hour)).scalar_one()
+            facts["nodes"] = db.list_nodes(conn, since=time.time() - 86400)
+        jobs = list_jobs(cfg, limit=10, engine=reader)
+        failed = list_jobs(cfg, state=JobState.FAILED.value, limit=10, engine=reader)
     lat = [f - s for s, f in done if s and f]
     facts["last_hour"] = {
         "instances": n,
@@ -112,12 +133,8 @@ def collect(cfg: Config) -> dict[str, Any]:
         "jobs_done": len(done),
         "job_latency_s_mean": round(sum(lat) / len(lat), 2) if lat else None,
     }
-    jobs = list_jobs(cfg, limit=10)
     facts["recent_jobs"] = [{k: j[k] for k in ("id", "study_uid", "state", "duration_s", "updated")} for j in jobs]
-    facts["failures"] = [
-        {k: j[k] for k in ("id", "study_uid", "state", "reason_code", "reason")}
-        for j in list_jobs(cfg, state=JobState.FAILED.value, limit=10)
-    ]
+    facts["failures"] = [{k: j[k] for k in ("id", "study_uid", "state", "reason_code", "reason")} for j in failed]
     return facts
 
 

@@ -92,7 +92,7 @@ class Worker:
     def _gone(self, owner: str) -> bool:
         """An owner on this machine whose process is gone (or an earlier worker of this very process)."""
         host, _, rest = owner.partition(":")
-        pid, _, token = rest.partition(":")
+        pid = rest.partition(":")[0]
         if host != socket.gethostname() or not pid.isdigit():
             return False
         if int(pid) == os.getpid():

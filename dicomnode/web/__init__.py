@@ -71,6 +71,7 @@ class ResultsPage:
     def __init__(self, cfg: Config, engine: Engine, store: FileStore) -> None:
         self.cfg, self.engine, self.store = cfg, engine, store
         self.users = {u.name: u.password_hash for u in cfg.web.users}
+        self._names: dict[str, str | None] = {}  # SOP Instance UID -> PatientName (a file's header never changes)
 
     # --- access -----------------------------------------------------------------------------------
     def user(self, request: Request) -> str | None:
@@ -130,15 +131,23 @@ class ResultsPage:
         return out
 
     def _patient(self, sop_uid: str | None) -> str | None:
+        """The analysed slice's PatientName, read once per slice: the job rows refresh every 5 s, and reading up to
+        100 headers each time would be the page's main cost."""
+        if sop_uid in self._names:
+            return self._names[sop_uid]
         path = self._source_path(sop_uid)
         if path is None:
             return None
         from ai.imaging import read_file
 
         try:
-            return str(read_file(path, stop_before_pixels=True).get("PatientName", "")) or None
+            name = str(read_file(path, stop_before_pixels=True).get("PatientName", "")) or None
         except Exception:  # noqa: BLE001 - a file removed by retention meanwhile
             return None
+        if len(self._names) >= 4096:
+            self._names.clear()
+        self._names[str(sop_uid)] = name
+        return name
 
     def _source_path(self, sop_uid: str | None) -> Path | None:
         if not sop_uid:
@@ -150,7 +159,7 @@ class ResultsPage:
     # the pages read the database and DICOM files: plain functions, which Starlette runs in its thread pool
     def home(self, request: Request) -> Response:
         user = self.user(request)
-        facts = collect(self.cfg)
+        facts = collect(self.cfg, self.engine)
         return _page("home.html", facts=facts, jobs=self._jobs(bool(user)), user=user, users=bool(self.users))
 
     def jobs_fragment(self, request: Request) -> Response:
@@ -158,7 +167,7 @@ class ResultsPage:
         return _page("jobs_rows.html", jobs=self._jobs(bool(user)))
 
     def status_json(self, request: Request) -> Response:
-        facts = collect(self.cfg)
+        facts = collect(self.cfg, self.engine)
         return JSONResponse({k: facts[k] for k in ("jobs", "instances", "studies", "disk_free_bytes", "last_hour")})
 
     def job(self, request: Request) -> Response:
