@@ -20,7 +20,7 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 
-from dicomnode import logs, metrics
+from dicomnode import logs, metrics, reactor
 from dicomnode.config import Config
 from dicomnode.scu import VERIFICATION
 from storage import db
@@ -69,13 +69,26 @@ def caller_allowed(allowed: list[str], ae_title: str, address: str) -> bool:
 
 PDU_SLACK = 256 * 1024  # room for an A-ASSOCIATE-RQ with many presentation contexts
 _pdu_limit = 0  # bytes; 0 = no limit
-_original_recv = AssociationSocket.recv
 
 
 def _bounded_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """pynetdicom's recv reads 4 KiB at a time into a growing bytearray: 32 calls and copies per 128 KiB PDU.
+    This one reads into the PDU's buffer directly, as much as the kernel has; same blocking and timeouts."""
     if _pdu_limit and nr_bytes > _pdu_limit and self.assoc.is_acceptor:
         raise OSError(f"peer announced a {nr_bytes}-byte PDU; the limit is {_pdu_limit}")  # -> connection closed
-    return _original_recv(self, nr_bytes)
+    sock = self.socket
+    assert sock is not None
+    buf = bytearray(nr_bytes)
+    got = 0
+    with memoryview(buf) as view:
+        while got < nr_bytes:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+            if not n:  # connection broken: what was read, as pynetdicom's own recv returns
+                break
+            got += n
+    if got < nr_bytes:
+        del buf[got:]
+    return buf
 
 
 def limit_received_pdus(max_pdu_size: int) -> None:
@@ -135,6 +148,7 @@ class StoreSCP:
 
     def _build_ae(self) -> AE:
         node = self.cfg.node
+        reactor.install()
         ae = AE(ae_title=node.ae_title)
         # Storage needs no supported contexts: with UNRESTRICTED_STORAGE_SERVICE pynetdicom accepts every
         # storage (and private) SOP class in the first transfer syntax proposed, and we store bytes as sent.
