@@ -1,7 +1,8 @@
-"""Cost of one completion-rule tick (and the gauges it updates) as the history grows: N finished studies (5 indexed
-instances and a done job each) plus 20 studies arriving now, on SQLite and on PostgreSQL (a throwaway cluster of
-Debian's postgresql, started as the tests start it). The cost must follow the active studies, not the history: the
-figure at 100k within 2x of the figure at 1k. Prints JSON.
+"""Cost of one completion-rule tick (and the gauges it updates) and of `dicomnode status` as the history grows:
+N finished studies (5 indexed instances and a done job each) plus 20 studies arriving now, on SQLite and on
+PostgreSQL (a throwaway cluster of Debian's postgresql, started as the tests start it). The cost must follow the
+active studies, not the history: the figure at 100k within 2x of the figure at 1k (status: `admin.collect` on the
+node's engine, as the web page calls it every 5 s). Prints JSON.
 
     .venv/bin/python benchmarks/tick.py [--sizes 1000 10000 100000] [--ticks 7] [--no-postgres]
 """
@@ -21,6 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from dicomnode.admin import collect  # noqa: E402
 from dicomnode.complete import CompletionRule  # noqa: E402
 from dicomnode.config import Config  # noqa: E402
 from storage import db  # noqa: E402
@@ -88,22 +90,32 @@ def measure(target: Any, folder: Path, finished: int, ticks: int) -> dict[str, f
         t0 = time.perf_counter()
         rule.tick(now + 1 + k)
         times.append(time.perf_counter() - t0)
+    status = []
+    for _ in range(ticks):
+        t0 = time.perf_counter()
+        facts = collect(cfg, engine)
+        status.append(time.perf_counter() - t0)
+    assert facts["studies"] == finished + ACTIVE and facts["jobs"]["done"] == finished, facts
     engine.dispose()
     return {
         "finished_studies": finished,
         "tick_s_median": round(statistics.median(times), 5),
         "tick_s_max": round(max(times), 5),
         "first_tick_s": round(first, 3),
+        "status_s_median": round(statistics.median(status), 5),
     }
 
 
 def series(name: str, runs: list[dict[str, float]]) -> dict[str, Any]:
-    base = runs[0]["tick_s_median"]
+    base, status_base = runs[0]["tick_s_median"], runs[0]["status_s_median"]
     return {
         "database": name,
         "active_studies": ACTIVE,
         "runs": runs,
         "ratio_largest_to_smallest": round(runs[-1]["tick_s_median"] / base, 2) if base else None,
+        "status_ratio_largest_to_smallest": (
+            round(runs[-1]["status_s_median"] / status_base, 2) if status_base else None
+        ),
     }
 
 

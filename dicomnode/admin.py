@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicomnode import heartbeat
 from dicomnode.config import Config
-from storage import db
+from storage import db, tallies
 from storage.states import FINAL_STATES, JobState
 
 
@@ -112,9 +112,9 @@ def collect(cfg: Config, engine: Engine | None = None) -> dict[str, Any]:
     with _reading(cfg, engine) as reader:
         if reader is None:
             return facts
-        facts.update(db.counts(reader))
         hour = time.time() - 3600
         with reader.connect() as conn:
+            facts.update(tallies.totals(conn))
             n = conn.execute(select(func.count()).where(db.instances.c.received_at >= hour)).scalar_one()
             done = conn.execute(
                 select(db.jobs.c.started, db.jobs.c.finished).where(

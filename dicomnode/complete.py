@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -17,7 +17,7 @@ from dicomnode import logs, metrics
 from dicomnode.config import Config
 from dicomnode.selection import SelectionRecord
 from dicomnode.selection import select as select_series
-from storage import db
+from storage import db, tallies
 from storage.filestore import FileStore
 from storage.states import FINAL_STATES, JobState
 
@@ -75,14 +75,11 @@ class CompletionRule:
         if settled:  # nothing to look at until an instance arrives (the receive path sets active again); one that
             # arrived since the read above keeps the study active (the instance count no longer matches)
             with self.engine.begin() as conn:
-                conn.execute(
-                    update(db.studies)
-                    .where(db.studies.c.study_uid == bindparam("uid"), db.studies.c.instances == bindparam("seen"))
-                    .values(active=0),
-                    settled,
-                )
-        for state, n in db.open_job_counts(self.engine).items():
-            metrics.JOBS.labels(state=state).set(n)
+                for study in settled:
+                    tallies.settle(conn, study["uid"], study["seen"])
+        with self.engine.connect() as conn:
+            for state, n in db.open_job_counts(conn).items():
+                metrics.JOBS.labels(state=state).set(n)
 
     def _series_complete(self, study_uid: str, instances: int) -> bool:
         key = (study_uid, instances)

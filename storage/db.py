@@ -57,6 +57,7 @@ instances = Table(
     Column("received_at", Float, nullable=False),
     Column("association_id", Integer),
     Index("ix_instances_study", "study_uid"),
+    Index("ix_instances_received", "received_at"),  # status: the last hour's instances, not all of them
 )
 
 studies = Table(
@@ -71,6 +72,7 @@ studies = Table(
     # 1 while the completion rule has something to look at (set by every received instance, cleared by the rule once
     # the study's latest job is final and has seen all its instances): its cost follows the active studies
     Column("active", Integer, nullable=False, server_default="1"),
+    Column("tallied", Integer),  # stored instances added to tallies["instances"] when the study was last settled
     Index("ix_studies_active", "active"),
 )
 
@@ -88,6 +90,7 @@ associations = Table(
     Column("bytes", Integer, default=0),
     Column("outcome", String(32)),
     Column("detail", Text),
+    Index("ix_associations_started", "started"),
 )
 
 jobs = Table(
@@ -117,6 +120,14 @@ jobs = Table(
     Index("ix_jobs_study", "study_uid"),
     Index("ux_jobs_study_revision", "study_uid", "revision", unique=True),  # one job per revision, not by luck
     Index("ix_jobs_lease_owner", "lease_owner"),
+    Index("ix_jobs_finished", "finished"),
+)
+
+tallies = Table(  # totals that status shows without reading the history (storage.tallies)
+    "tallies",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", Integer, nullable=False, server_default="0"),
 )
 
 nodes = Table(  # every process of a deployment beats here: `dicomnode status` shows them
@@ -293,6 +304,47 @@ def _check_revision(revision: str | None) -> None:
         ) from None
 
 
+TALLY_NAMES = ["instances", "studies", *(f"jobs:{s.value}" for s in sorted(FINAL_STATES))]
+
+_SQLITE_TRIGGERS = [
+    "CREATE TRIGGER tally_jobs_insert AFTER INSERT ON jobs BEGIN "
+    "UPDATE tallies SET value = value + 1 WHERE name = 'jobs:' || NEW.state; END",
+    "CREATE TRIGGER tally_jobs_update AFTER UPDATE OF state ON jobs WHEN OLD.state <> NEW.state BEGIN "
+    "UPDATE tallies SET value = value - 1 WHERE name = 'jobs:' || OLD.state; "
+    "UPDATE tallies SET value = value + 1 WHERE name = 'jobs:' || NEW.state; END",
+    "CREATE TRIGGER tally_jobs_delete AFTER DELETE ON jobs BEGIN "
+    "UPDATE tallies SET value = value - 1 WHERE name = 'jobs:' || OLD.state; END",
+]
+_POSTGRES_TRIGGERS = [
+    """CREATE OR REPLACE FUNCTION dicomnode_tally_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP <> 'INSERT' THEN UPDATE tallies SET value = value - 1 WHERE name = 'jobs:' || OLD.state; END IF;
+  IF TG_OP <> 'DELETE' THEN UPDATE tallies SET value = value + 1 WHERE name = 'jobs:' || NEW.state; END IF;
+  RETURN NULL;
+END $$""",
+    "CREATE TRIGGER tally_jobs AFTER INSERT OR DELETE OR UPDATE OF state ON jobs "
+    "FOR EACH ROW EXECUTE FUNCTION dicomnode_tally_jobs()",
+]
+
+
+def install_tallies(conn: Any) -> None:
+    """The triggers that keep the jobs' tallies, and every tally computed once from what the tables hold (a new
+    database, or migration 0003). Rows exist only for TALLY_NAMES: an open state has none and is counted live."""
+    for statement in _POSTGRES_TRIGGERS if conn.dialect.name == "postgresql" else _SQLITE_TRIGGERS:
+        conn.execute(text(statement))
+    settled = (studies.c.active == 0, studies.c.purged_at.is_(None))
+    stored = select(func.count()).where(instances.c.study_uid == studies.c.study_uid).scalar_subquery()
+    conn.execute(update(studies).where(*settled).values(tallied=stored))
+    values = {
+        "instances": conn.execute(select(func.coalesce(func.sum(studies.c.tallied), 0)).where(*settled)).scalar(),
+        "studies": conn.execute(select(func.count()).where(*settled, studies.c.tallied > 0)).scalar(),
+    }
+    for state, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)):
+        values[f"jobs:{state}"] = n
+    conn.execute(tallies.delete())
+    conn.execute(insert(tallies), [{"name": name, "value": int(values.get(name) or 0)} for name in TALLY_NAMES])
+
+
 @contextlib.contextmanager
 def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
     """Processes that open one new SQLite file at once create its tables one after another (flock on a lock file)."""
@@ -322,6 +374,7 @@ def migrate(engine: Engine) -> None:
         cfg = _alembic(conn)
         if revision is None and not inspect(conn).has_table("jobs"):
             metadata.create_all(conn)  # a new database: the current tables at once, stamped as the newest schema
+            install_tallies(conn)
             command.stamp(cfg, "head")
             return
         if not inspect(conn).has_table("alembic_version"):
@@ -401,14 +454,6 @@ def set_job_state(
     return bool(changed)
 
 
-def counts(engine: Engine) -> dict[str, Any]:
-    with engine.connect() as conn:
-        n_inst = conn.execute(select(func.count()).select_from(instances)).scalar_one()
-        n_study = conn.execute(select(func.count(func.distinct(instances.c.study_uid)))).scalar_one()
-        by_state = {str(s): int(n) for s, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))}
-    return {"instances": n_inst, "studies": n_study, "jobs": {s.value: by_state.get(s.value, 0) for s in JobState}}
-
-
 def instance_paths(conn: Any, root: Path, study_uid: str) -> list[Path]:
     """A study's stored files, as indexed."""
     rows = conn.execute(select(instances.c.path).where(instances.c.study_uid == study_uid)).all()
@@ -447,14 +492,11 @@ def supersede_older(conn: Any, job_id: int) -> None:
         set_job_state(conn, old, JobState.SUPERSEDED, f"superseded by job {job_id} (revision {job.revision})")
 
 
-def open_job_counts(engine: Engine) -> dict[str, int]:
+def open_job_counts(conn: Any) -> dict[str, int]:
     """Jobs in each unfinished state (the gauges): an indexed count that stays small however long the history."""
     open_states = [s.value for s in JobState if s not in FINAL_STATES]
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(jobs.c.state, func.count()).where(jobs.c.state.in_(open_states)).group_by(jobs.c.state)
-        )
-        found = {str(state): int(n) for state, n in rows}
+    rows = conn.execute(select(jobs.c.state, func.count()).where(jobs.c.state.in_(open_states)).group_by(jobs.c.state))
+    found = {str(state): int(n) for state, n in rows}
     return {s: found.get(s, 0) for s in open_states}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 
-from storage import db
+from storage import db, tallies
 from storage.filestore import FileStore
 from storage.states import FINAL_STATES
 
@@ -35,6 +35,7 @@ def purgeable(engine: Engine) -> list[tuple[str, float]]:
 
 def purge_study(engine: Engine, store: FileStore, study_uid: str) -> None:
     with engine.begin() as conn:
+        tallies.purge(conn, study_uid)
         conn.execute(delete(db.instances).where(db.instances.c.study_uid == study_uid))
         conn.execute(update(db.studies).where(db.studies.c.study_uid == study_uid).values(purged_at=time.time()))
     store.remove_study(study_uid)

@@ -252,6 +252,14 @@ def test_a_version_1_database_is_migrated_in_place_by_alembic(tmp_path: Path):
     engine = db.open_db(path)
     with engine.begin() as conn:  # back to the version 1 schema, with a study in it
         for stmt in (
+            "DROP TRIGGER tally_jobs_insert",
+            "DROP TRIGGER tally_jobs_update",
+            "DROP TRIGGER tally_jobs_delete",
+            "DROP TABLE tallies",
+            "DROP INDEX ix_instances_received",
+            "DROP INDEX ix_jobs_finished",
+            "DROP INDEX ix_associations_started",
+            "ALTER TABLE studies DROP COLUMN tallied",
             "DROP INDEX ix_studies_active",
             "DROP INDEX ux_jobs_study_revision",
             "ALTER TABLE studies DROP COLUMN active",
@@ -279,6 +287,8 @@ def test_a_version_1_database_is_migrated_in_place_by_alembic(tmp_path: Path):
     engine = db.open_db(path)
     assert active(engine) == {"1.2": 1, "1.3": 0}
     assert [j.revision for j in jobs(engine)] == [1, 2]  # the duplicate renumbered, nothing deleted
+    with engine.connect() as conn:  # 0003: both done jobs tallied
+        assert conn.exec_driver_sql("SELECT value FROM tallies WHERE name = 'jobs:done'").scalar() == 2
     with engine.connect() as conn:
         names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"ix_studies_active", "ux_jobs_study_revision"} <= names
