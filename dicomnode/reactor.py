@@ -104,8 +104,10 @@ def _wait_in_association(assoc: Any, seconds: float) -> None:
     if event is None:
         time.sleep(seconds)
         return
+    if not assoc.dimse.msg_queue.empty():  # the loop serves one message a turn: a second one must not wait here
+        return
     event.wait(MAX_WAIT)
-    event.clear()  # before the loop looks at its queues: a put after this sets it again
+    event.clear()  # before the loop looks at its queues: whatever is put after this sets it again
 
 
 _DUL_LOOP = _dul.DULServiceProvider.run_reactor.__code__

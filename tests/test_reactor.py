@@ -110,3 +110,28 @@ def test_eight_associations_at_once_all_acknowledged(scp, tmp_path):
     assert sorted(results) == [15] * 8
     with scp.engine.connect() as conn:
         assert conn.exec_driver_sql("select count(*) from instances").scalar() == 120
+
+
+def test_a_second_queued_message_is_served_without_waiting():
+    """The association loop serves one DIMSE message a turn: with another already queued it must not sleep, else
+    every second message of a burst would wait for the timeout."""
+    import queue
+    import types
+
+    waits: list[float | None] = []
+
+    class Event:
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            return False
+
+        def clear(self):
+            pass
+
+    assoc = types.SimpleNamespace(_dn_event=Event(), dimse=types.SimpleNamespace(msg_queue=queue.Queue()))
+    assoc.dimse.msg_queue.put((1, "message"))
+    reactor._wait_in_association(assoc, 0.001)
+    assert waits == []
+    assoc.dimse.msg_queue.get()
+    reactor._wait_in_association(assoc, 0.001)
+    assert waits == [reactor.MAX_WAIT]
