@@ -35,3 +35,16 @@ class Stages:
         """Every claimable job, one after another (a retry that is not due stays for later)."""
         while (claimed := self.worker.claim()) is not None:
             self.worker.work(*claimed)
+
+
+# What migration 0003 added, dropped again by the tests that rebuild an older database (SQLite)
+UNDO_0003 = (
+    "DROP TRIGGER tally_jobs_insert",
+    "DROP TRIGGER tally_jobs_update",
+    "DROP TRIGGER tally_jobs_delete",
+    "DROP TABLE tallies",
+    "DROP INDEX ix_instances_received",
+    "DROP INDEX ix_jobs_finished",
+    "DROP INDEX ix_associations_started",
+    "ALTER TABLE studies DROP COLUMN tallied",
+)

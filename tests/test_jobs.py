@@ -13,7 +13,7 @@ from dicomgen import SeriesSpec, write_series
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from stages import Stages
+from stages import UNDO_0003, Stages
 
 from ai.labels import LEVELS, level_kind
 from ai.results import LevelResult, Located
@@ -252,14 +252,7 @@ def test_a_version_1_database_is_migrated_in_place_by_alembic(tmp_path: Path):
     engine = db.open_db(path)
     with engine.begin() as conn:  # back to the version 1 schema, with a study in it
         for stmt in (
-            "DROP TRIGGER tally_jobs_insert",
-            "DROP TRIGGER tally_jobs_update",
-            "DROP TRIGGER tally_jobs_delete",
-            "DROP TABLE tallies",
-            "DROP INDEX ix_instances_received",
-            "DROP INDEX ix_jobs_finished",
-            "DROP INDEX ix_associations_started",
-            "ALTER TABLE studies DROP COLUMN tallied",
+            *UNDO_0003,
             "DROP INDEX ix_studies_active",
             "DROP INDEX ux_jobs_study_revision",
             "ALTER TABLE studies DROP COLUMN active",

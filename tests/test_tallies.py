@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stages import UNDO_0003
 
 from dicomnode.complete import CompletionRule
 from dicomnode.config import Config
@@ -173,14 +174,7 @@ def test_an_older_database_gets_its_tallies_from_migration_0003(tmp_path: Path):
         db.new_job(conn, "1.3", 1, "arrived", JobState.FAILED)
         conn.exec_driver_sql("UPDATE studies SET active = 0 WHERE study_uid = '1.2'")
         for stmt in (  # back to schema 0002
-            "DROP TRIGGER tally_jobs_insert",
-            "DROP TRIGGER tally_jobs_update",
-            "DROP TRIGGER tally_jobs_delete",
-            "DROP TABLE tallies",
-            "DROP INDEX ix_instances_received",
-            "DROP INDEX ix_jobs_finished",
-            "DROP INDEX ix_associations_started",
-            "ALTER TABLE studies DROP COLUMN tallied",
+            *UNDO_0003,
             "UPDATE alembic_version SET version_num = '0002'",
         ):
             conn.exec_driver_sql(stmt)
