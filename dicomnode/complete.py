@@ -45,7 +45,7 @@ class CompletionRule:
                     select(func.max(db.jobs.c.id)).where(db.jobs.c.study_uid.in_(chunk)).group_by(db.jobs.c.study_uid)
                 )
                 jobs.update((r.study_uid, r) for r in conn.execute(select(db.jobs).where(db.jobs.c.id.in_(latest))))
-        settled: list[dict[str, Any]] = []
+        settled: list[tuple[str, int]] = []
         for st in studies:
             job = jobs.get(st.study_uid)
             quiet = now - st.last_received
@@ -69,14 +69,14 @@ class CompletionRule:
                         db.set_job_state(conn, job.id, JobState.QUEUED, why, only_from=JobState.WAITING)
             elif job.state in FINAL_STATES:
                 if job.input_instances is None or st.instances == job.input_instances:
-                    settled.append({"uid": st.study_uid, "seen": st.instances})
+                    settled.append((st.study_uid, st.instances))
                 elif quiet >= sc.study_quiet_seconds:
                     self._maybe_new_revision(job, st)
         if settled:  # nothing to look at until an instance arrives (the receive path sets active again); one that
             # arrived since the read above keeps the study active (the instance count no longer matches)
-            with self.engine.begin() as conn:
-                for study in settled:
-                    tallies.settle(conn, study["uid"], study["seen"])
+            for chunk in (settled[i : i + 500] for i in range(0, len(settled), 500)):
+                with self.engine.begin() as conn:  # short transactions: receivers write between them
+                    tallies.settle(conn, chunk)
         with self.engine.connect() as conn:
             for state, n in db.open_job_counts(conn).items():
                 metrics.JOBS.labels(state=state).set(n)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 
 from storage import db
 from storage.states import JobState
@@ -23,20 +23,41 @@ def _add(conn: Any, name: str, delta: int) -> None:
         conn.execute(update(db.tallies).where(db.tallies.c.name == name).values(value=db.tallies.c.value + delta))
 
 
-def settle(conn: Any, study_uid: str, seen: int) -> bool:
-    """The completion rule has nothing left to do for this study: inactive, and its stored instances tallied.
-    Not if an instance arrived since the rule looked (`seen`, the study's received count then); False then."""
-    stored = conn.execute(select(func.count()).where(db.instances.c.study_uid == study_uid)).scalar_one()
-    before = conn.execute(select(db.studies.c.tallied).where(db.studies.c.study_uid == study_uid)).scalar() or 0
+def _settled_sums(conn: Any, uids: list[str]) -> tuple[int, int]:
+    """What these studies have added to the tallies so far: instances, and studies counted."""
+    counted = func.sum(case((db.studies.c.tallied > 0, 1), else_=0))
+    row = conn.execute(
+        select(func.coalesce(func.sum(db.studies.c.tallied), 0), func.coalesce(counted, 0)).where(
+            db.studies.c.study_uid.in_(uids)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def settle(conn: Any, studies: list[tuple[str, int]]) -> int:
+    """The completion rule has nothing left to do for these studies (uid, and `seen`: the received count when it
+    looked): each goes inactive with its stored instances tallied, unless an instance arrived since or another
+    worker's rule settled it first. A few statements for the whole batch, whatever its size (after an upgrade the
+    first tick settles the whole history). Returns how many it settled."""
+    if not studies:
+        return 0
+    uids = [uid for uid, _ in studies]
+    instances_before, studies_before = _settled_sums(conn, uids)
+    stored = select(func.count()).where(db.instances.c.study_uid == db.studies.c.study_uid).scalar_subquery()
     changed = conn.execute(
         update(db.studies)
-        .where(db.studies.c.study_uid == study_uid, db.studies.c.instances == seen, db.studies.c.active == 1)
-        .values(active=0, tallied=stored)
+        .where(
+            db.studies.c.study_uid == bindparam("b_uid"),
+            db.studies.c.instances == bindparam("b_seen"),
+            db.studies.c.active == 1,
+        )
+        .values(active=0, tallied=stored),
+        [{"b_uid": uid, "b_seen": seen} for uid, seen in studies],
     ).rowcount
-    if changed:
-        _add(conn, "instances", stored - before)
-        _add(conn, "studies", int(stored > 0) - int(before > 0))
-    return bool(changed)
+    instances_after, studies_after = _settled_sums(conn, uids)
+    _add(conn, "instances", instances_after - instances_before)
+    _add(conn, "studies", studies_after - studies_before)
+    return int(changed)
 
 
 def purge(conn: Any, study_uid: str) -> None:

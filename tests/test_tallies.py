@@ -144,8 +144,8 @@ def test_the_tally_is_settled_once_when_two_rules_settle_one_study(tmp_path: Pat
     receive(engine, "1.2", "1.2.1", time.time())
     with engine.begin() as conn:
         db.new_job(conn, "1.2", 1, "arrived", JobState.DONE)
-        assert tallies.settle(conn, "1.2", 1)
-        assert not tallies.settle(conn, "1.2", 1)  # the second rule finds it settled already
+        assert tallies.settle(conn, [("1.2", 1)]) == 1
+        assert tallies.settle(conn, [("1.2", 1)]) == 0  # the second rule finds it settled already
     assert tallied(engine) == counted(engine)
     assert tallied(engine)["instances"] == 1 and tallied(engine)["studies"] == 1
 
@@ -158,7 +158,7 @@ def test_status_reads_the_tallies_not_the_history(tmp_path: Path):
         receive(engine, "1.2", f"1.2.{k}", time.time())
     with engine.begin() as conn:
         db.new_job(conn, "1.2", 1, "arrived", JobState.DONE)
-        tallies.settle(conn, "1.2", 3)
+        tallies.settle(conn, [("1.2", 3)])
         conn.exec_driver_sql("DELETE FROM instances")
     assert tallied(engine)["instances"] == 3 and counted(engine)["instances"] == 0
 
