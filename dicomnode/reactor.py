@@ -5,7 +5,7 @@ in `DULServiceProvider.run_reactor` and `Association._run_reactor`). With eight 
 wake-ups a second, each taking the GIL: measured with strace on the receive benchmark, 570 futex calls per stored
 instance, and more CPU in the kernel than in Python. Here, in those two loops only, the sleep becomes a wait:
 
-- the DUL thread waits in `select` on its socket and on a wake-up socket that is written whenever another
+- the DUL thread waits in `poll` on its socket and on a wake-up socket that is written whenever another
   thread gives it work (a primitive to send, an event, a request to stop);
 - the association thread waits on an Event set whenever the DUL hands it something (a DIMSE message, an ACSE
   primitive) or when its user pauses it (pynetdicom's `send_*` and `release` wait for the pause).
@@ -58,7 +58,7 @@ class _Checkpoint(threading.Event):
 
 
 class _DulWaker:
-    """A socket pair: the DUL thread selects on the reading end beside its peer's socket. Socket objects, not raw
+    """A socket pair: the DUL thread polls the reading end beside its peer's socket. Socket objects, not raw
     file descriptors, so that a write after close raises instead of landing in a reused descriptor."""
 
     def __init__(self) -> None:
@@ -71,18 +71,20 @@ class _DulWaker:
             self.w.send(b"\0")
 
     def wait(self, dul: Any, timeout: float) -> None:
+        """poll, not select: no limit of 1,024 on the descriptor numbers of a busy process."""
         sock = getattr(dul.socket, "socket", None) if dul.socket is not None else None
-        watched: list[Any] = [self.r]
+        poller = select.poll()
+        poller.register(self.r, select.POLLIN)
         if sock is not None and getattr(dul.socket, "_is_connected", False):
-            if getattr(sock, "pending", None) and sock.pending():  # TLS: decrypted bytes select cannot see
+            if getattr(sock, "pending", None) and sock.pending():  # TLS: decrypted bytes poll cannot see
                 return
             if sock.fileno() >= 0:
-                watched.append(sock)
+                poller.register(sock, select.POLLIN)
         try:
-            ready, _, _ = select.select(watched, [], [], timeout)
+            ready = poller.poll(timeout * 1000)
         except (OSError, ValueError):  # the peer's socket closed meanwhile: let the loop find out
             return
-        if self.r in ready:
+        if any(fd == self.r.fileno() for fd, _ in ready):
             with contextlib.suppress(OSError):
                 self.r.recv(4096)
 
