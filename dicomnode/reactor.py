@@ -11,7 +11,8 @@ instance, and more CPU in the kernel than in Python. Here, in those two loops on
   primitive) or when its user pauses it (pynetdicom's `send_*` and `release` wait for the pause).
 
 Each wait is bounded (`MAX_WAIT`), so the checks pynetdicom makes between sleeps (timers, a dead peer thread) still
-run, only less often. Every other `time.sleep` in pynetdicom is left as it is."""
+run, only less often. Every other `time.sleep` in pynetdicom is left as it is. Written against pynetdicom 3.0.4
+(pinned in pyproject.toml); tests/test_reactor.py fails if an upgrade moves the loops it replaces."""
 
 from __future__ import annotations
 
