@@ -250,7 +250,9 @@ class StoreSCP:
         if stats is None:
             return
         req = event.assoc.requestor
-        aborted = event.assoc.is_aborted or stats.last_status == -1
+        # An abort we send (the network timeout) closes the connection in the DUL thread, which can report the close
+        # before the association thread has announced the abort: pynetdicom marks the sent abort first.
+        aborted = event.assoc.is_aborted or stats.last_status == -1 or getattr(event.assoc, "_sent_abort", False)
         outcome = "aborted" if aborted else "released"
         duration = time.time() - stats.started
         with self.engine.begin() as conn:

@@ -27,6 +27,7 @@ log = logs.get("dicomnode.service")
 CHILD_ENV = "DICOMNODE_RECEIVER_OF"  # set in the extra receiver processes: they start no receivers of their own
 
 
+EXTRA_RECEIVER_STOP_SECONDS = 10.0  # an extra receiver told to stop exits by then, finished or not
 SHARED_STORE_MIN_AGE = 300.0  # seconds: with a shared database, start-up reconcile leaves younger files to their writer
 
 
@@ -171,4 +172,9 @@ class Node:
                 if wd:
                     systemd.notify("WATCHDOG=1")
         finally:
+            if self.extra_receiver:  # nobody would stop an orphan whose shutdown hangs (an association that lingers):
+                # what it acknowledged is on disk and indexed already, so after a grace period it simply goes
+                deadline = threading.Timer(EXTRA_RECEIVER_STOP_SECONDS, os._exit, (1,))
+                deadline.daemon = True  # a clean stop ends the process at once, not after the grace period
+                deadline.start()
             self.stop()
