@@ -130,6 +130,9 @@ tallies = Table(  # totals that status shows without reading the history (storag
     Column("value", Integer, nullable=False, server_default="0"),
 )
 
+# A study's stored instances, inside a statement on `studies`: what a settled study adds to the tallies
+STORED_INSTANCES = select(func.count()).where(instances.c.study_uid == studies.c.study_uid).scalar_subquery()
+
 nodes = Table(  # every process of a deployment beats here: `dicomnode status` shows them
     "nodes",
     metadata,
@@ -333,8 +336,7 @@ def install_tallies(conn: Any) -> None:
     for statement in _POSTGRES_TRIGGERS if conn.dialect.name == "postgresql" else _SQLITE_TRIGGERS:
         conn.execute(text(statement))
     settled = (studies.c.active == 0, studies.c.purged_at.is_(None))
-    stored = select(func.count()).where(instances.c.study_uid == studies.c.study_uid).scalar_subquery()
-    conn.execute(update(studies).where(*settled).values(tallied=stored))
+    conn.execute(update(studies).where(*settled).values(tallied=STORED_INSTANCES))
     values = {
         "instances": conn.execute(select(func.coalesce(func.sum(studies.c.tallied), 0)).where(*settled)).scalar(),
         "studies": conn.execute(select(func.count()).where(*settled, studies.c.tallied > 0)).scalar(),

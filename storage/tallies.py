@@ -43,7 +43,6 @@ def settle(conn: Any, studies: list[tuple[str, int]]) -> int:
         return 0
     uids = [uid for uid, _ in studies]
     instances_before, studies_before = _settled_sums(conn, uids)
-    stored = select(func.count()).where(db.instances.c.study_uid == db.studies.c.study_uid).scalar_subquery()
     changed = conn.execute(
         update(db.studies)
         .where(
@@ -51,7 +50,7 @@ def settle(conn: Any, studies: list[tuple[str, int]]) -> int:
             db.studies.c.instances == bindparam("b_seen"),
             db.studies.c.active == 1,
         )
-        .values(active=0, tallied=stored),
+        .values(active=0, tallied=db.STORED_INSTANCES),
         [{"b_uid": uid, "b_seen": seen} for uid, seen in studies],
     ).rowcount
     instances_after, studies_after = _settled_sums(conn, uids)
