@@ -112,6 +112,17 @@ def test_a_worker_killed_mid_job_on_postgres_loses_nothing(node_factory, orthanc
         assert classes.count(SR) == 1 and classes.count(GSPS) == 1, classes
 
 
+def wait_indexed(url: str, n: int, timeout: float = 60) -> None:
+    engine = db.open_db(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.exec_driver_sql("SELECT count(*) FROM instances").scalar_one() >= n:
+                break
+        time.sleep(0.02)
+    engine.dispose()
+
+
 @pytest.mark.peers
 @pytest.mark.faults
 def test_postgres_stopped_for_10s_during_a_transfer(node_factory, tmp_path: Path):
@@ -121,11 +132,12 @@ def test_postgres_stopped_for_10s_during_a_transfer(node_factory, tmp_path: Path
     try:
         url = pg.database("outage")
         node = node_factory(node={"role": "receiver"}, database={"url": url}).start()
-        files = write_series(tmp_path / "s", SeriesSpec("T2 SAG", slices=300), generate_uid())
+        # long enough that the transfer is still running when the database goes (the node takes ~400 a second)
+        files = write_series(tmp_path / "s", SeriesSpec("T2 SAG", slices=1500), generate_uid())
         result: dict[str, subprocess.CompletedProcess[str]] = {}
         sender = threading.Thread(target=lambda: result.update(r=storescu(node.port, files)))
         sender.start()
-        time.sleep(1.0)
+        wait_indexed(url, 20)  # stop it mid-transfer, not after a guessed delay
         pg.stop()
         during = echo_ok(node.port)
         time.sleep(10)
