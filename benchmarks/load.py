@@ -6,13 +6,18 @@ throughput and the node's peak memory. Prints JSON.
 
 --compare: receiving only, the same files in one run, K concurrent associations into DCMTK storescp, Orthanc (its
 index and storage synced, as shipped), and the node as a receiver with 1 and with 2 receiver processes
-(`[node] receivers`, SO_REUSEPORT), fsync on; --repeat alternating rounds, medians reported.
+(`[node] receivers`, SO_REUSEPORT), fsync on, and pynetdicom set up as the node sets it up but keeping nothing
+(`bare_scp.py`, the floor of the node's receive path); --repeat alternating rounds, medians reported. It also
+reports the CPU time each receiver (its whole process tree) and the senders spend per instance: where senders and
+receiver share the cores, `cores / (receiver + senders)` bounds the rate whatever the scheduling.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -59,15 +64,52 @@ def send_all(port: int, folders: list[Path], aec: str = "DICOMNODE") -> tuple[in
     return acked, time.perf_counter() - t0
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants (threads included), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    ticks = 0
+    for p in tree:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def compare(folders: list[Path], work: Path, repeat: int) -> dict[str, object]:
     total = sum(1 for f in folders for _ in f.rglob("*.dcm"))
-    rates: dict[str, list[float]] = {"storescp": [], "orthanc": [], "node_1_receiver": [], "node_2_receivers": []}
+    names = ("storescp", "orthanc", "pynetdicom_keeping_nothing", "node_1_receiver", "node_2_receivers")
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    receiver_ms: dict[str, list[float]] = {k: [] for k in names}
+    sender_ms: dict[str, list[float]] = {k: [] for k in names}
 
-    def timed(name: str, port: int, aec: str = "DICOMNODE") -> None:
+    def timed(name: str, port: int, pid: int, aec: str = "DICOMNODE") -> None:
+        cpu0, senders0 = tree_cpu_seconds(pid), children_cpu_seconds()
         acked, seconds = send_all(port, folders, aec)
+        cpu1, senders1 = tree_cpu_seconds(pid), children_cpu_seconds()
         if acked != total:
             raise RuntimeError(f"{name}: {acked} of {total} acknowledged")
         rates[name].append(acked / seconds)
+        receiver_ms[name].append(1000 * (cpu1 - cpu0) / acked)
+        sender_ms[name].append(1000 * (senders1 - senders0) / acked)
 
     for r in range(repeat):
         run = work / f"round{r}"
@@ -81,15 +123,29 @@ def compare(folders: list[Path], work: Path, repeat: int) -> dict[str, object]:
         )
         try:
             time.sleep(0.5)
-            timed("storescp", port)
+            timed("storescp", port, scp.pid)
         finally:
             scp.terminate()
             scp.wait(10)
         pacs = Orthanc(run / "orthanc").start()
         try:
-            timed("orthanc", pacs.dicom, pacs.aet)
+            assert pacs.proc is not None
+            timed("orthanc", pacs.dicom, pacs.proc.pid, pacs.aet)
         finally:
             pacs.stop()
+        port = free_port()
+        bare = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "bare_scp.py"), str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
+            timed("pynetdicom_keeping_nothing", port, bare.pid)
+        finally:
+            bare.kill()
+            bare.wait(10)
         for receivers, name in ((1, "node_1_receiver"), (2, "node_2_receivers")):
             port = free_port()
             node_cfg = {"role": "receiver", "receivers": receivers, "fsync": True, "max_associations": len(folders) + 4}
@@ -97,11 +153,14 @@ def compare(folders: list[Path], work: Path, repeat: int) -> dict[str, object]:
             node = NodeProcess(cfg, run / f"{name}.log").start()
             try:
                 time.sleep(1.0 if receivers > 1 else 0)  # the second receiver process starts after the first
-                timed(name, port)
+                timed(name, port, node.pid)
             finally:
                 node.stop()
         shutil.rmtree(run, ignore_errors=True)
     med = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    recv = {k: round(statistics.median(v), 2) for k, v in receiver_ms.items()}
+    send = {k: round(statistics.median(v), 2) for k, v in sender_ms.items()}
+    cores = len(os.sched_getaffinity(0))
     return {
         "senders": len(folders),
         "instances": total,
@@ -109,6 +168,11 @@ def compare(folders: list[Path], work: Path, repeat: int) -> dict[str, object]:
         "img_s_median": med,
         "img_s_per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         "node_2_receivers_vs_orthanc": round(med["node_2_receivers"] / med["orthanc"], 2),
+        "pynetdicom_keeping_nothing_vs_orthanc": round(med["pynetdicom_keeping_nothing"] / med["orthanc"], 2),
+        "cores": cores,
+        "receiver_cpu_ms_per_instance": recv,
+        "sender_cpu_ms_per_instance": send,
+        "img_s_cpu_bound": {k: round(1000 * cores / (recv[k] + send[k]), 1) for k in names},
     }
 
 
