@@ -6,10 +6,10 @@ throughput and the node's peak memory. Prints JSON.
 
 --compare: receiving only, the same files in one run, K concurrent associations into DCMTK storescp, Orthanc (its
 index and storage synced, as shipped), and the node as a receiver with 1 and with 2 receiver processes
-(`[node] receivers`, SO_REUSEPORT), fsync on, and pynetdicom set up as the node sets it up but keeping nothing
-(`bare_scp.py`, the floor of the node's receive path); --repeat alternating rounds, medians reported. It also
-reports the CPU time each receiver (its whole process tree) and the senders spend per instance: where senders and
-receiver share the cores, `cores / (receiver + senders)` bounds the rate whatever the scheduling.
+(`[node] receivers`, SO_REUSEPORT), fsync on, and pynetdicom set up as the node sets it up, keeping nothing or only
+writing the files (`bare_scp.py`, the floors of the node's receive path); --repeat alternating rounds, medians
+reported. It also reports the CPU time each receiver (its whole process tree) and the senders spend per instance:
+where senders and receiver share the cores, `cores / (receiver + senders)` bounds the rate whatever the scheduling.
 """
 
 from __future__ import annotations
@@ -96,7 +96,14 @@ def children_cpu_seconds() -> float:
 
 def compare(folders: list[Path], work: Path, repeat: int) -> dict[str, object]:
     total = sum(1 for f in folders for _ in f.rglob("*.dcm"))
-    names = ("storescp", "orthanc", "pynetdicom_keeping_nothing", "node_1_receiver", "node_2_receivers")
+    names = (
+        "storescp",
+        "orthanc",
+        "pynetdicom_keeping_nothing",
+        "pynetdicom_writing_files",
+        "node_1_receiver",
+        "node_2_receivers",
+    )
     rates: dict[str, list[float]] = {k: [] for k in names}
     receiver_ms: dict[str, list[float]] = {k: [] for k in names}
     sender_ms: dict[str, list[float]] = {k: [] for k in names}
@@ -133,19 +140,20 @@ def compare(folders: list[Path], work: Path, repeat: int) -> dict[str, object]:
             timed("orthanc", pacs.dicom, pacs.proc.pid, pacs.aet)
         finally:
             pacs.stop()
-        port = free_port()
-        bare = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "bare_scp.py"), str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
-            timed("pynetdicom_keeping_nothing", port, bare.pid)
-        finally:
-            bare.kill()
-            bare.wait(10)
+        for name, keep in (("pynetdicom_keeping_nothing", []), ("pynetdicom_writing_files", [str(run / "bare")])):
+            port = free_port()
+            bare = subprocess.Popen(
+                [sys.executable, str(ROOT / "benchmarks" / "bare_scp.py"), str(port), *keep],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
+                timed(name, port, bare.pid)
+            finally:
+                bare.kill()
+                bare.wait(10)
         for receivers, name in ((1, "node_1_receiver"), (2, "node_2_receivers")):
             port = free_port()
             node_cfg = {"role": "receiver", "receivers": receivers, "fsync": True, "max_associations": len(folders) + 4}
