@@ -20,6 +20,7 @@ import contextlib
 import queue
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
+from pynetdicom import transport as _transport
 
 MAX_WAIT = 0.05  # seconds: how late a timer or a peer thread's death may be noticed
 
@@ -35,15 +37,18 @@ _installed = False
 
 
 class _WakingQueue(queue.Queue):
-    """A queue that calls `wake` after each put, so that its consumer need not poll it."""
+    """A queue that calls `wake` after each put, so that its consumer need not poll it. Not when the consumer
+    puts it itself (the DUL queues most of its own events): it looks at the queue before it waits again."""
 
-    def __init__(self, wake: Any) -> None:
+    def __init__(self, wake: Any, consumer: threading.Thread) -> None:
         super().__init__()
         self._wake = wake
+        self._consumer = consumer
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._wake()
+        if threading.current_thread() is not self._consumer:
+            self._wake()
 
 
 class _Checkpoint(threading.Event):
@@ -72,7 +77,7 @@ class _DulWaker:
             self.w.send(b"\0")
 
     def wait(self, dul: Any, timeout: float) -> None:
-        """poll, not select: no limit of 1,024 on the descriptor numbers of a busy process."""
+        """poll, not select (here and in `_ready`): no limit of 1,024 on the descriptor numbers of a busy process."""
         sock = getattr(dul.socket, "socket", None) if dul.socket is not None else None
         poller = select.poll()
         poller.register(self.r, select.POLLIN)
@@ -92,6 +97,29 @@ class _DulWaker:
     def close(self) -> None:
         self.r.close()
         self.w.close()
+
+
+def _wake_dul(dul: Any) -> None:
+    waker = getattr(dul, "_dn_waker", None)
+    if waker is not None:  # none before its thread runs (it looks at its queues first) and after it ended
+        waker.wake()
+
+
+def _ready(self: Any) -> bool:
+    """`AssociationSocket.ready` without `select`, whose descriptor numbers stop at 1,024 (pynetdicom's raises
+    for a socket numbered above that, and the association fails): the same answer from `poll`."""
+    sock = self.socket
+    if sock is None or self._is_connected is False:
+        return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes poll cannot see
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))  # POLLHUP and POLLERR count: the read that follows finds the close
+    except (OSError, TimeoutError, ValueError):
+        self.event_queue.put("Evt17")  # as pynetdicom's: the transport connection closed
+        return False
 
 
 def _wait_in_dul(dul: Any, seconds: float) -> None:
@@ -151,15 +179,15 @@ def install() -> None:
         self._dn_event = event
         self._reactor_checkpoint = _Checkpoint(event.set)
         self._reactor_checkpoint.set()
-        self.dimse.msg_queue = _WakingQueue(event.set)
+        self.dimse.msg_queue = _WakingQueue(event.set, self)
         dul = self.dul
-        waker = _DulWaker()
-        dul._dn_waker = waker
-        dul.event_queue = _WakingQueue(waker.wake)
-        dul.to_provider_queue = _WakingQueue(waker.wake)
-        dul.to_user_queue = _WakingQueue(event.set)
+        dul._dn_waker = None
+        dul.event_queue = _WakingQueue(lambda: _wake_dul(dul), dul)
+        dul.to_provider_queue = _WakingQueue(lambda: _wake_dul(dul), dul)
+        dul.to_user_queue = _WakingQueue(event.set, self)
 
     def run(self: Any) -> None:
+        self._dn_waker = _DulWaker()  # made here, not with the association: one never started holds no sockets
         try:
             run_dul(self)
         finally:
@@ -188,3 +216,4 @@ def install() -> None:
     _dul.DULServiceProvider.run_reactor = run  # type: ignore[method-assign]
     _dul.DULServiceProvider.stop_dul = stop  # type: ignore[method-assign]
     _dul.DULServiceProvider.kill_dul = kill  # type: ignore[method-assign]
+    _transport.AssociationSocket.ready = property(_ready)  # type: ignore[method-assign,assignment]

@@ -68,24 +68,34 @@ def caller_allowed(allowed: list[str], ae_title: str, address: str) -> bool:
 
 
 PDU_SLACK = 256 * 1024  # room for an A-ASSOCIATE-RQ with many presentation contexts
+FIRST_READ = 4 * 1024 * 1024  # bytes reserved before any arrive: a longer PDU's buffer grows as data comes
 _pdu_limit = 0  # bytes; 0 = no limit
 
 
 def _bounded_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     """pynetdicom's recv reads 4 KiB at a time into a growing bytearray: 32 calls and copies per 128 KiB PDU.
-    This one reads into the PDU's buffer directly, as much as the kernel has; same blocking and timeouts."""
-    if _pdu_limit and nr_bytes > _pdu_limit and self.assoc.is_acceptor:
-        raise OSError(f"peer announced a {nr_bytes}-byte PDU; the limit is {_pdu_limit}")  # -> connection closed
+    This one reads into the PDU's buffer directly, as much as the kernel has; same blocking and timeouts. The
+    buffer is never reserved beyond what has arrived plus 4 MiB, whatever length the header claims (an
+    unlimited node, or the node as a sender to a PACS)."""
+    assoc = self.assoc
+    if _pdu_limit and nr_bytes > _pdu_limit and assoc.is_acceptor:
+        log.warning("pdu too long", announced=nr_bytes, limit=_pdu_limit, address=assoc.requestor.address)
+        assoc.dul._kill_thread = True  # the DUL handles the close (Evt17, queued for the short read) and stops
+        if assoc.dul.state_machine.current_state in ("Sta1", "Sta2"):  # before any A-ASSOCIATE-RQ: the association
+            assoc.dul.to_user_queue.put(None)  # thread would wait acse_timeout for one; None ends it now
+        return bytearray()  # shorter than announced: pynetdicom closes the connection (Evt17)
     sock = self.socket
     assert sock is not None
-    buf = bytearray(nr_bytes)
+    buf = bytearray(min(nr_bytes, FIRST_READ))
     got = 0
-    with memoryview(buf) as view:
-        while got < nr_bytes:
-            n = sock.recv_into(view[got:], nr_bytes - got)
-            if not n:  # connection broken: what was read, as pynetdicom's own recv returns
-                break
-            got += n
+    while got < nr_bytes:
+        if got == len(buf):
+            buf.extend(bytes(min(nr_bytes - got, len(buf))))  # doubles, as far as announced
+        with memoryview(buf) as view:
+            n = sock.recv_into(view[got:], len(buf) - got)
+        if not n:  # connection broken: what was read, as pynetdicom's own recv returns
+            break
+        got += n
     if got < nr_bytes:
         del buf[got:]
     return buf

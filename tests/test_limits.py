@@ -81,3 +81,19 @@ def test_pdu_size_is_negotiated_and_enforced(node_factory, tmp_path):
     r = storescu(node.port, files)
     assert successes(r.stdout + r.stderr) == 3
     assert echo_ok(node.port)
+
+
+def test_an_association_request_announced_too_long_frees_its_slot_at_once(node_factory):
+    """Before the fix the association thread waited acse_timeout (30 s) for a request that would never come,
+    holding one of `max_associations` meanwhile."""
+    node = node_factory(node={"max_pdu_size": 16384, "max_associations": 1}).start()
+    s = socket.create_connection(("127.0.0.1", node.port))
+    s.sendall(struct.pack(">BBL", 0x01, 0, 200_000_000))
+    assert closed_after(s, 10) < 5
+    s.close()
+    deadline = time.monotonic() + 3
+    while not echo_ok(node.port):  # the only slot is free again
+        assert time.monotonic() < deadline, "the refused connection still holds the association slot"
+        time.sleep(0.2)
+    warned = [e for e in node.log_lines() if e.get("event") == "pdu too long"]
+    assert warned and warned[0]["announced"] == 200_000_000 and warned[0]["limit"] > 16384

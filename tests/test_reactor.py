@@ -135,3 +135,65 @@ def test_a_second_queued_message_is_served_without_waiting():
     assoc.dimse.msg_queue.get()
     reactor._wait_in_association(assoc, 0.001)
     assert waits == [reactor.MAX_WAIT]
+
+
+def test_ready_answers_for_a_socket_numbered_above_1024():
+    """pynetdicom's `ready` uses select, which refuses descriptors numbered 1,024 and above: in a busy node such an
+    association failed (Evt17). The replacement polls."""
+    import os
+    import queue
+    import resource
+    import select
+    import socket
+    import types
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1600:
+        pytest.skip(f"descriptor limit {hard} is below 1,600")
+    if soft != resource.RLIM_INFINITY and soft < 1600:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1600, hard))
+    a, b = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(b.fileno(), 1500))
+    try:
+        with pytest.raises(ValueError):
+            select.select([high], [], [], 0)
+        wrapped = types.SimpleNamespace(socket=high, _is_connected=True, event_queue=queue.Queue())
+        assert reactor._ready(wrapped) is False
+        a.send(b"x")
+        assert reactor._ready(wrapped) is True
+        assert wrapped.event_queue.empty()
+    finally:
+        for sock in (a, b, high):
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_pdu_is_read_whole_through_a_buffer_that_grows_from_a_small_first_read(monkeypatch):
+    """The buffer is reserved up to FIRST_READ, not to the length a header claims, and grows as bytes arrive."""
+    import socket
+    import types
+
+    from dicomnode import receive
+
+    monkeypatch.setattr(receive, "FIRST_READ", 16)
+    monkeypatch.setattr(receive, "_pdu_limit", 0)
+    a, b = socket.socketpair()
+    fake = types.SimpleNamespace(socket=b, assoc=types.SimpleNamespace(is_acceptor=True))
+    payload = bytes(range(256)) * 4
+
+    def send_in_pieces(data: bytes) -> None:
+        for k in range(0, len(data), 100):
+            a.sendall(data[k : k + 100])
+            time.sleep(0.005)
+
+    try:
+        sender = threading.Thread(target=send_in_pieces, args=(payload,))
+        sender.start()
+        assert bytes(receive._bounded_recv(fake, len(payload))) == payload
+        sender.join()
+        a.sendall(payload[:300])
+        a.shutdown(socket.SHUT_WR)
+        assert bytes(receive._bounded_recv(fake, len(payload))) == payload[:300]  # short: the peer closed
+    finally:
+        a.close()
+        b.close()
