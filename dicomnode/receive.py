@@ -81,8 +81,8 @@ def _bounded_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     if _pdu_limit and nr_bytes > _pdu_limit and assoc.is_acceptor:
         log.warning("pdu too long", announced=nr_bytes, limit=_pdu_limit, address=assoc.requestor.address)
         assoc.dul._kill_thread = True  # the DUL handles the close (Evt17, queued for the short read) and stops
-        if assoc.dul.state_machine.current_state in ("Sta1", "Sta2"):  # before any A-ASSOCIATE-RQ: the association
-            assoc.dul.to_user_queue.put(None)  # thread would wait acse_timeout for one; None ends it now
+        if assoc.dul.state_machine.current_state in ("Sta1", "Sta2"):  # no A-ASSOCIATE-RQ yet: its thread waits
+            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # acse_timeout for one; None: not any more
         return bytearray()  # shorter than announced: pynetdicom closes the connection (Evt17)
     sock = self.socket
     assert sock is not None
