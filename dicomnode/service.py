@@ -5,7 +5,9 @@ jobs, sending). Processes of one deployment share the database and data_dir; eac
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -159,14 +161,30 @@ class Node:
         log.info("stopped")
 
     def run_forever(self) -> None:
-        """Block until SIGTERM/SIGINT; the main loop beats the heartbeat and systemd's watchdog."""
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        """Block until SIGTERM/SIGINT; the main loop beats the heartbeat and systemd's watchdog.
+
+        The signal handler only notes the signal: a handler that set a threading.Event could run again, for a
+        second signal, inside its own `set`, and wait for ever on the lock it holds (a burst of SIGTERMs left
+        the node hung, and an orphaned extra receiver holding the port). Python's C handler also writes the
+        signal to a pipe (`set_wakeup_fd`), which ends the wait below at once."""
+        signals: list[int] = []
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: signals.append(signum))
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
         self.start()
         wd = systemd.watchdog_interval()
         beat = min(5.0, wd or 5.0)
         try:
-            while not self.stopping.wait(beat):
+            while not signals and not self.stopping.is_set():
+                if poller.poll(beat * 1000):
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+                    continue  # a signal (or another): the loop condition decides
                 self._beat()
                 self._watch_receivers()
                 if wd:
