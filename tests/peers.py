@@ -60,7 +60,8 @@ def write_config(path: Path, data_dir: Path, port: int, **sections: dict[str, An
 
 
 class NodeProcess:
-    """`dicomnode serve` in a subprocess; ready when it logged 'listening' (a worker: 'node started')."""
+    """`dicomnode serve` in a subprocess; ready when it logged 'node started' (the DICOM listener logs 'listening'
+    before the web page and metrics start: a test that read the page right after that could find it closed)."""
 
     def __init__(self, config: Path, log: Path) -> None:
         self.config, self.log = config, log
@@ -84,7 +85,7 @@ class NodeProcess:
             with open(self.log, "rb") as f:
                 f.seek(start_at)
                 text = f.read()
-                if b'"listening"' in text or b'"node started"' in text:
+                if b'"node started"' in text:  # after the listeners, the web page and metrics are all up
                     return self
             time.sleep(0.05)
         raise TimeoutError("node did not start listening")
