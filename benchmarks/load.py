@@ -66,27 +66,20 @@ def send_all(port: int, folders: list[Path], aec: str = "DICOMNODE") -> tuple[in
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its live descendants (threads included), from /proc."""
-    parents: dict[int, int] = {}
+    procs: dict[int, tuple[int, int]] = {}  # pid: (parent, utime + stime ticks)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            procs[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     tree, grew = {pid}, True
     while grew:
-        more = {p for p, parent in parents.items() if parent in tree} - tree
+        more = {p for p, (parent, _) in procs.items() if parent in tree} - tree
         tree |= more
         grew = bool(more)
-    ticks = 0
-    for p in tree:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(procs[p][1] for p in tree if p in procs) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:

@@ -32,6 +32,12 @@ ACTIVE = 20
 INSTANCES = 5
 
 
+def analyze(engine: Any) -> None:
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:  # committed: an ANALYZE rolled back with its transaction leaves no statistics
+            conn.exec_driver_sql("ANALYZE")
+
+
 def fill(engine: Any, finished: int, now: float) -> None:
     """The history as the node leaves it: finished studies, their instances and one done job each."""
     raw = db.connect_raw(engine)
@@ -70,9 +76,7 @@ def fill(engine: Any, finished: int, now: float) -> None:
     )
     raw.commit()
     raw.close()
-    if engine.dialect.name == "postgresql":  # statistics, as autovacuum keeps them on a live server
-        with engine.begin() as conn:  # committed: an ANALYZE rolled back with its transaction leaves no statistics
-            conn.exec_driver_sql("ANALYZE")
+    analyze(engine)  # statistics, as autovacuum keeps them on a live server
 
 
 def measure(target: Any, folder: Path, finished: int, ticks: int) -> dict[str, float]:
@@ -85,9 +89,7 @@ def measure(target: Any, folder: Path, finished: int, ticks: int) -> dict[str, f
     t0 = time.perf_counter()
     rule.tick(now)  # the first tick settles the history (after an upgrade every study starts active)
     first = time.perf_counter() - t0
-    if engine.dialect.name == "postgresql":  # it changed every study row: autovacuum would analyse them again
-        with engine.begin() as conn:  # committed: an ANALYZE rolled back with its transaction leaves no statistics
-            conn.exec_driver_sql("ANALYZE")
+    analyze(engine)  # it changed every study row: autovacuum would analyse them again
     times = []
     for k in range(ticks):
         t0 = time.perf_counter()
