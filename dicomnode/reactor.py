@@ -63,6 +63,11 @@ class _Checkpoint(threading.Event):
         self._wake()
 
 
+def _tls_pending(sock: Any) -> bool:
+    """Decrypted bytes waiting inside a TLS socket: poll cannot see them."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
 class _DulWaker:
     """A socket pair: the DUL thread polls the reading end beside its peer's socket. Socket objects, not raw
     file descriptors, so that a write after close raises instead of landing in a reused descriptor."""
@@ -82,7 +87,7 @@ class _DulWaker:
         poller = select.poll()
         poller.register(self.r, select.POLLIN)
         if sock is not None and getattr(dul.socket, "_is_connected", False):
-            if getattr(sock, "pending", None) and sock.pending():  # TLS: decrypted bytes poll cannot see
+            if _tls_pending(sock):
                 return
             if sock.fileno() >= 0:
                 poller.register(sock, select.POLLIN)
@@ -111,7 +116,7 @@ def _ready(self: Any) -> bool:
     sock = self.socket
     if sock is None or self._is_connected is False:
         return False
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes poll cannot see
+    if _tls_pending(sock):
         return True
     try:
         poller = select.poll()
