@@ -3,7 +3,9 @@
 A grader trained on both data sets has two readings of a disc: the Tianchi disc head (normal / bulge / protrusion
 / extrusion) and SPIDER's herniation and bulging heads, each taught by another radiologist. The disc call mixes
 them (`DiscRule`) with thresholds chosen on out-of-fold predictions of both sets, so that the operating point
-can be set for specificity (a herniation mark a radiologist can trust) and not only for the Tianchi macro-F1."""
+can be set for specificity (a herniation mark a radiologist can trust) and not only for the Tianchi macro-F1.
+Tianchi's Schmorl's node (v5, 14 examples in 150 studies) is read with SPIDER's endplate heads as well (SPIDER's
+"endplate change" counts Schmorl's nodes): its own head alone was never learnt (held-out F1 0.02)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ai.labels import DISC_MAIN_LABELS, VERTEBRA_LABELS, level_kind
-from ai.models import BULGING, DISC, HERNIATION, N_GRADES_BOTH, PFIRRMANN, V5, VERT
+from ai.models import BULGING, DISC, FINDINGS, HERNIATION, N_GRADES_BOTH, PFIRRMANN, SPIDER_FINDINGS, V5, VERT
+
+UP_ENDPLATE = FINDINGS.start + SPIDER_FINDINGS.index("up_endplate")
+LOW_ENDPLATE = FINDINGS.start + SPIDER_FINDINGS.index("low_endplate")
 
 
 @dataclass
@@ -43,12 +48,22 @@ class DiscRule:
 @dataclass
 class Decision:
     """Log-probability offsets added before the arg-max, and the Schmorl's-node threshold; for a grader with
-    SPIDER heads, the disc rule and the Pfirrmann offsets."""
+    SPIDER heads, the disc rule and the share of SPIDER's endplate reading in the Schmorl's-node score."""
 
     vertebra_bias: list[float] = field(default_factory=lambda: [0.0, 0.0])
     disc_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     v5_threshold: float = 0.5
     disc_rule: DiscRule | None = None
+    v5_endplate_mix: float = 0.0
+
+    def schmorl(self, probs: np.ndarray) -> float:
+        """The Schmorl's-node score: (1 - mix) * P_tianchi(v5) + mix * the mean of SPIDER's upper and lower
+        endplate-change probabilities (a grader without SPIDER heads: its v5 head alone)."""
+        p = float(probs[V5])
+        if self.v5_endplate_mix and len(probs) >= N_GRADES_BOTH:
+            endplate = (float(probs[UP_ENDPLATE]) + float(probs[LOW_ENDPLATE])) / 2
+            p = (1 - self.v5_endplate_mix) * p + self.v5_endplate_mix * endplate
+        return p
 
     def labels(self, level: str, probs: np.ndarray) -> tuple[list[str], float]:
         """Labels and the confidence of the main one. probs: the grader outputs (softmaxed per head, yes/no
@@ -64,7 +79,7 @@ class Decision:
             i = int(np.argmax(np.log(p + 1e-9) + self.disc_bias))
             main, conf = DISC_MAIN_LABELS[i], float(p[i])
         labels = [main]
-        if probs[V5] >= self.v5_threshold:
+        if self.schmorl(probs) >= self.v5_threshold:
             labels.append("v5")
         return labels, conf
 
@@ -82,9 +97,12 @@ class Decision:
         d: dict = {"vertebra_bias": self.vertebra_bias, "disc_bias": self.disc_bias, "v5_threshold": self.v5_threshold}
         if self.disc_rule is not None:
             d["disc_rule"] = asdict(self.disc_rule)
+        if self.v5_endplate_mix:
+            d["v5_endplate_mix"] = self.v5_endplate_mix
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Decision:
         rule = DiscRule(**d["disc_rule"]) if d.get("disc_rule") else None
-        return cls(list(d["vertebra_bias"]), list(d["disc_bias"]), float(d["v5_threshold"]), rule)
+        mix = float(d.get("v5_endplate_mix", 0.0))
+        return cls(list(d["vertebra_bias"]), list(d["disc_bias"]), float(d["v5_threshold"]), rule, mix)

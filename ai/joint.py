@@ -7,6 +7,7 @@ its thresholds tuned on out-of-fold predictions of both sets at once (`tune_join
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -195,6 +196,8 @@ RULE_GRID = {
     "bulge_mix": [0.0, 0.25, 0.5, 0.75, 1.0],
     "bulge_threshold": [round(v, 2) for v in np.arange(0.2, 0.81, 0.05)],
 }
+V5_MIXES = (0.0, 0.25, 0.5, 0.75)
+V5_THRESHOLDS = tuple(round(float(v), 2) for v in np.arange(0.1, 0.91, 0.05))
 
 
 def tune_joint(
@@ -204,7 +207,7 @@ def tune_joint(
     floor: float = SPECIFICITY_FLOOR,
     log: Callable[[str], None] | None = None,
 ) -> Decision:
-    """Coordinate ascent over the disc rule, the vertebra bias and the Schmorl's threshold."""
+    """Coordinate ascent over the disc rule, the vertebra bias and the Schmorl's-node mix and threshold."""
     d = Decision(disc_rule=DiscRule())
     best = objective(score_both(tianchi, spider, d, fast=True), floor)
     for _ in range(rounds):
@@ -221,8 +224,9 @@ def tune_joint(
             score = objective(score_both(tianchi, spider, cand, fast=True), floor)
             if score > best + 1e-9:
                 best, d, improved = score, cand, True
-        for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-            cand = replace(d, v5_threshold=t)
+        # the Schmorl's-node score's mix and threshold together: a new mix needs its own threshold
+        for mix, t in itertools.product(V5_MIXES, V5_THRESHOLDS):
+            cand = replace(d, v5_endplate_mix=mix, v5_threshold=t)
             score = objective(score_both(tianchi, spider, cand, fast=True), floor)
             if score > best + 1e-9:
                 best, d, improved = score, cand, True

@@ -11,7 +11,7 @@ import pytest
 import torch
 from dicomgen import data_subset
 
-from ai.decide import Decision, DiscRule
+from ai.decide import LOW_ENDPLATE, UP_ENDPLATE, Decision, DiscRule
 from ai.infer import Analyzer, Member, grade_probs
 from ai.joint import usable_discs
 from ai.labels import LEVEL_INDEX, LEVELS
@@ -76,6 +76,20 @@ def test_decision_reads_pfirrmann_for_discs_of_a_grader_with_the_spider_heads():
     assert d.pfirrmann("L4-L5", probs(pfirrmann=(0.45, 0.05, 0.0, 0.05, 0.45)))[0] == 3
     assert Decision.from_dict(d.to_dict()) == d
     assert "disc_rule" not in Decision().to_dict()  # older models' model.json stays as it was
+
+
+def test_schmorls_node_reads_spiders_endplate_heads_by_the_tuned_share():
+    p = probs()  # Tianchi's v5 head 0.1
+    p[UP_ENDPLATE], p[LOW_ENDPLATE] = 0.9, 0.7
+    own = Decision(disc_rule=DiscRule(), v5_threshold=0.45)
+    mixed = Decision(disc_rule=DiscRule(), v5_threshold=0.45, v5_endplate_mix=0.5)
+    assert own.schmorl(p) == pytest.approx(0.1) and "v5" not in own.labels("L4-L5", p)[0]
+    assert mixed.schmorl(p) == pytest.approx(0.5 * 0.1 + 0.5 * 0.8)
+    assert mixed.labels("L4-L5", p)[0] == ["v1", "v5"]  # beside the disc grade, as Tianchi annotates it
+    assert mixed.labels("L4", p)[0] in (["v1"], ["v2"])  # a vertebra never carries it
+    assert mixed.schmorl(p[:N_GRADES]) == pytest.approx(0.1)  # a Tianchi-only grader: its own head alone
+    assert Decision.from_dict(mixed.to_dict()) == mixed
+    assert Decision.from_dict(own.to_dict()).v5_endplate_mix == 0.0  # an older model.json: no mix
 
 
 def test_grade_probs_of_both_heads_are_distributions():
