@@ -30,7 +30,8 @@ import numpy as np
 from ai import joint
 from ai.chain import carry, repair_skip
 from ai.data import load_dataset
-from ai.infer import Analyzer, combine_grades, store_int8
+from ai.decide import Decision
+from ai.infer import Analyzer, Member, combine_grades, store_int8
 from ai.int8 import RANGES_KEY
 from ai.quantize import calibrate_folder
 from ai.spider import load_spider
@@ -58,9 +59,39 @@ def combine_oof(
     return out
 
 
-def spider_predictions(member: Path, items: list[joint.SpiderItem]) -> list[np.ndarray]:
+def roi_oof(locate: list[Path], items: list, splits: list[np.ndarray], lengths: float) -> list[list[dict]]:
+    """Each locating member's held-out points as the assembled ensemble finds them: per fold, the members' fold
+    models look twice (`Analyzer.member_points`), the second look around the first look's median chain."""
+    out: list[list[dict]] = [[] for _ in locate]
+    for k, val in enumerate(splits):
+        fold = Analyzer(
+            [Member.load(src / f"fold{k + 1}", "cpu", int8_grader=False) for src in locate],
+            [],
+            Decision(),
+            {"roi_spine_lengths": lengths},
+        )
+        found = fold.member_points([items[i].img01 for i in val])
+        for j, member in enumerate(found):
+            out[j] += [
+                {"study_uid": items[i].study.study_uid, "xy": xy.tolist(), "loc": c.tolist()}
+                for i, (xy, c) in zip(val, member, strict=True)
+            ]
+    return out
+
+
+def spider_predictions(
+    member: Path, items: list[joint.SpiderItem], splits: list[np.ndarray] | None = None
+) -> list[np.ndarray]:
     """A grading member's held-out probabilities on SPIDER's slices: its fold models' (oof_spider.json) when it was
-    trained on SPIDER, else its final model's, which never saw SPIDER."""
+    trained on SPIDER, else its final model's, which never saw SPIDER. splits: the slices were located anew (another
+    locating set than the one the member was trained with), so its fold models grade them again at these points."""
+    if splits is not None and (member / "oof_spider.json").is_file():
+        probs: list[np.ndarray] = [np.zeros(0)] * len(items)
+        for k, val in enumerate(splits):
+            fold = Member.load(member / f"fold{k + 1}", "cpu", int8_grader=False)
+            for i in val:
+                probs[i] = fold.grade(items[i].img01, items[i].xy.astype(np.float32))
+        return probs
     if (member / "oof_spider.json").is_file():
         stored = json.loads((member / "oof_spider.json").read_text())
         by_uid = {p["instance_uid"]: np.asarray(p["probs"]) for p in stored}
@@ -79,6 +110,7 @@ def assemble(
     spider: Path | None = None,
     keep_locators: Path | None = None,
     tianchi_heads: list[Path] | None = None,
+    roi: float | None = None,
 ) -> dict[str, Any]:
     sources = list(dict.fromkeys([*locate, *grade]))
     kept: list[str] = []
@@ -92,12 +124,21 @@ def assemble(
     uids = [it.study.study_uid for it in items]
     read = lambda src, name="oof.json": json.loads((src / name).read_text())  # noqa: E731
     tianchi = [g in tianchi_heads for g in grade] if tianchi_heads else None
-    oof = combine_oof(uids, [read(s) for s in (locate or grade)], [read(s) for s in grade], tianchi)
     splits = folds_of(len(items), folds, seed)
+    located = roi_oof(locate, items, splits, roi) if roi and locate else [read(s) for s in (locate or grade)]
+    oof = combine_oof(uids, located, [read(s) for s in grade], tianchi)
     both = None
     if spider is not None:
-        spider_items = joint.prepare_spider(load_spider(spider), Analyzer.load(keep_locators or "default", "cpu"))
-        each = [spider_predictions(s, spider_items) for s in grade]
+        # SPIDER is located as the node will locate it: by the kept locators, or by the new locating set (its final
+        # models never saw SPIDER), whose points the graders' fold models then grade again
+        locator = (
+            Analyzer([Member.load(s, "cpu") for s in locate], [], Decision(), {"roi_spine_lengths": roi})
+            if locate and not keep_locators
+            else Analyzer.load(keep_locators or "default", "cpu")
+        )
+        spider_items = joint.prepare_spider(load_spider(spider), locator)
+        again = folds_of(len(spider_items), folds, seed) if locate and not keep_locators else None
+        each = [spider_predictions(s, spider_items, again) for s in grade]
         spider_oof = [
             {
                 "instance_uid": it.study.instance_uid,
@@ -140,7 +181,10 @@ def assemble(
         shutil.copy(keep_locators / name / "landmarks.safetensors", out / name / "landmarks.safetensors")
     for src, name in names.items():
         (out / name).mkdir(parents=True)
-        shutil.copy(src / "model.json", out / name / "model.json")
+        member = json.loads((src / "model.json").read_text())
+        if src not in grade:  # a locating-only member keeps no grader's int8 ranges
+            member.pop(RANGES_KEY, None)
+        (out / name / "model.json").write_text(json.dumps(member, indent=2) + "\n")
         if src in locate:
             shutil.copy(src / "landmarks.safetensors", out / name / "landmarks.safetensors")
         if src in grade:
@@ -154,6 +198,7 @@ def assemble(
             **({"tianchi_heads": [names[s] for s in tianchi_heads]} if tianchi_heads else {}),
         },
         "decision": report["decision"],
+        **({"roi_spine_lengths": roi} if roi else {}),
         "version": time.strftime("%Y%m%d"),
         "cv_mean": report["cv_mean"],
         "trained_on": len(items),
@@ -175,6 +220,12 @@ def main() -> None:
     p.add_argument("--spider", help="SPIDER folder: the graders were trained on it too; tune and score on both sets")
     p.add_argument("--keep-locators", help="an ensemble folder whose locating members are copied as they are")
     p.add_argument("--tianchi-heads", nargs="+", help="grading members whose Tianchi heads are read (default: all)")
+    p.add_argument(
+        "--roi",
+        type=float,
+        help="the locators look a second time inside a square this many spine lengths wide (--locate members with "
+        "fold models; their held-out points are found anew)",
+    )
     args = p.parse_args()
     if not args.locate and not args.keep_locators:
         p.error("name --locate members or --keep-locators")
@@ -186,6 +237,7 @@ def main() -> None:
         spider=Path(args.spider) if args.spider else None,
         keep_locators=Path(args.keep_locators) if args.keep_locators else None,
         tianchi_heads=[Path(x) for x in args.tianchi_heads] if args.tianchi_heads else None,
+        roi=args.roi,
     )
     print(json.dumps({"cv_mean": report["cv_mean"], "decision": report["decision"]}, indent=2))
 

@@ -88,6 +88,39 @@ class Letterbox:
         return (xy - np.array([self.pad_x, self.pad_y], np.float32)) / self.scale
 
 
+@dataclass(frozen=True)
+class SpineBox:
+    """A square around a located lumbar spine, a fixed number of spine lengths wide. The landmark nets look a second
+    time inside it, so every slice's spine reaches them at about one scale whatever the field of view: a tightly
+    cropped slice otherwise shows the spine too large, and the nets number it a vertebra off (model card)."""
+
+    x0: int
+    y0: int
+    side: int
+
+    @classmethod
+    def around(cls, xy: np.ndarray, rows: int, cols: int, lengths: float) -> SpineBox:
+        ys = xy[:, 1]
+        # a chain squeezed into a fifth of the slice is no spine length to scale by
+        length = max(float(np.ptp(ys)), 0.2 * rows)
+        side = int(round(min(length * lengths, 3.0 * max(rows, cols))))
+        cx, cy = float(np.median(xy[:, 0])), (float(ys.min()) + float(ys.max())) / 2
+        return cls(int(round(cx - side / 2)), int(round(cy - side / 2)), side)
+
+    def cut(self, img: np.ndarray) -> np.ndarray:
+        """The box's pixels, black where it reaches past the slice."""
+        out = np.zeros((self.side, self.side), np.float32)
+        rows, cols = img.shape
+        y0, x0 = max(0, self.y0), max(0, self.x0)
+        y1, x1 = min(rows, self.y0 + self.side), min(cols, self.x0 + self.side)
+        if y1 > y0 and x1 > x0:
+            out[y0 - self.y0 : y1 - self.y0, x0 - self.x0 : x1 - self.x0] = img[y0:y1, x0:x1]
+        return out
+
+    def to_image(self, xy: np.ndarray) -> np.ndarray:
+        return (xy + np.array([self.x0, self.y0], np.float32)).astype(np.float32)
+
+
 def letterbox_tensor(img: np.ndarray, box: Letterbox, size: int = INPUT_SIZE) -> torch.Tensor:
     """(1, size, size) float tensor: the image scaled by box.scale and centred on a black square."""
     t = torch.from_numpy(np.ascontiguousarray(img))[None, None]

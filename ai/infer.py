@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ai.chain import carry, repair_skip
 from ai.decide import Decision
-from ai.imaging import INPUT_SIZE, Letterbox, crop_patch, letterbox_tensor, normalise, spine_geometry
+from ai.imaging import INPUT_SIZE, Letterbox, SpineBox, crop_patch, letterbox_tensor, normalise, spine_geometry
 from ai.int8 import RANGES_KEY, available, example_inputs, is_int8, quantized
 from ai.labels import LEVELS, level_kind
 from ai.models import (
@@ -195,9 +195,27 @@ class Analyzer:
         xy, loc, _ = self.points_many([img01])[0]
         return xy, loc
 
+    def member_points(self, imgs: list[np.ndarray]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per locator, per slice: (11, 2) points and (11,) localisation. A model whose model.json names
+        "roi_spine_lengths" looks twice: the second look sees only a square that many spine lengths wide around the
+        first look's median chain (`SpineBox`), so a slice with a tight field of view is located at the scale the
+        nets know (model card: cropped slices)."""
+        first = [m.locate_many(imgs) for m in self.locators]
+        lengths = self.meta.get("roi_spine_lengths")
+        if not lengths or not imgs:
+            return first
+        boxes = [
+            SpineBox.around(
+                np.median(np.stack([m[i][0] for m in first]), 0), img.shape[0], img.shape[1], float(lengths)
+            )
+            for i, img in enumerate(imgs)
+        ]
+        second = [m.locate_many([box.cut(img) for box, img in zip(boxes, imgs, strict=True)]) for m in self.locators]
+        return [[(box.to_image(xy), c) for (xy, c), box in zip(member, boxes, strict=True)] for member in second]
+
     def points_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per slice: (11, 2) median points, (11,) mean localisation, (11,) share of locators that agree."""
-        per_member = [m.locate_many(imgs) for m in self.locators]
+        per_member = self.member_points(imgs)
         out = []
         for i in range(len(imgs)):
             found = [member[i] for member in per_member]

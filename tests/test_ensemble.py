@@ -12,7 +12,7 @@ from dicomgen import data_subset
 
 from ai.decide import Decision
 from ai.ensemble import assemble, combine_oof
-from ai.imaging import spine_geometry
+from ai.imaging import SpineBox, spine_geometry
 from ai.infer import AGREE_SPACINGS, Analyzer, Member
 from ai.models import Grader, LandmarkNet
 from ai.results import LevelResult, numbering_uncertain
@@ -155,3 +155,32 @@ def test_tianchi_heads_come_from_the_named_graders_and_spider_heads_from_those_t
     assert np.allclose(combine_grades([t, j])[:, :N_GRADES], (t + j[:, :N_GRADES]) / 2)
     assert all(lv.pfirrmann in (1, 2, 3, 4, 5) for lv in ens.analyze(img * 1000, (1.0, 1.0)) if lv.kind == "disc")
     assert combine_grades([t, t]).shape == (11, N_GRADES)  # no grader with SPIDER heads: Tianchi's only
+
+
+def test_spine_box_is_a_square_of_spine_lengths_around_the_chain_and_maps_points_back():
+    xy = np.stack([np.linspace(140, 160, 11), np.linspace(100, 300, 11)], 1).astype(np.float32)
+    box = SpineBox.around(xy, 400, 300, 2.0)
+    assert box.side == 400 and (box.x0, box.y0) == (-50, 0)  # 2 x 200 px, centred on the chain
+    img = np.random.default_rng(0).random((400, 300), dtype=np.float32)
+    cut = box.cut(img)
+    assert cut.shape == (400, 400)
+    assert np.array_equal(cut[:, 50:350], img) and not cut[:, :50].any() and not cut[:, 350:].any()
+    assert np.allclose(box.to_image(np.array([[50.0, 20.0]])), [[0.0, 20.0]])
+    squeezed = SpineBox.around(np.full((11, 2), 150.0, np.float32), 400, 300, 2.0)
+    assert squeezed.side == 160  # a chain of no length is scaled as a fifth of the slice
+
+
+def test_a_model_with_a_spine_box_locates_a_second_time_inside_it(tmp_path: Path):
+    folder = _ensemble_folder(tmp_path)
+    img = np.random.default_rng(2).random((200, 160), dtype=np.float32)
+    once = Analyzer.load(folder, "cpu")
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "roi_spine_lengths": 2.1}))
+    twice = Analyzer.load(folder, "cpu")
+    first = [m.locate(img)[0] for m in once.locators]
+    box = SpineBox.around(np.median(np.stack(first), 0), 200, 160, 2.1)
+    for member, found in zip(twice.locators, twice.member_points([img]), strict=True):
+        xy, loc = found[0]
+        again, again_loc = member.locate(box.cut(img))
+        assert np.allclose(xy, box.to_image(again), atol=1e-3) and np.allclose(loc, again_loc, atol=1e-5)
+    assert not np.allclose(twice.locate(img)[0], once.locate(img)[0])  # the second look moved the points
