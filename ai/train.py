@@ -21,7 +21,7 @@ from ai import joint
 from ai.calibrate import calibration_error, fit_temperatures
 from ai.data import Item, load_dataset, prepare
 from ai.decide import Decision
-from ai.evaluate import METRIC_KEYS, evaluate, results_for
+from ai.evaluate import HIT_MM, METRIC_KEYS, evaluate, results_for
 from ai.imaging import INPUT_SIZE
 from ai.infer import Analyzer, Member, level_crops
 from ai.joint import SpiderItem, spider_targets
@@ -46,6 +46,8 @@ class Recipe:
     input_size: int = INPUT_SIZE  # landmark net input side
     crop_size: int = CROP_SIZE  # grader crop side
     shift: float = 0.1  # landmark augmentation: largest shift in normalised coordinates (the input spans -1..1)
+    # (share, lo, hi): that share of the landmark batches zoomed lo..hi instead, as a tight field of view shows
+    zoom_tail: tuple[float, float, float] | None = None
 
 
 def _augment(
@@ -110,7 +112,10 @@ def train_landmarks(
         t0 = time.time()
         for b in range(0, len(order), bs):
             idx = torch.from_numpy(order[b : b + bs]).to(device)
-            x, pts = _augment(x_all[idx], p_all[idx], rng, recipe.zoom, recipe.shift)
+            zoom = recipe.zoom
+            if recipe.zoom_tail and rng.random() < recipe.zoom_tail[0]:
+                zoom = (recipe.zoom_tail[1], recipe.zoom_tail[2])
+            x, pts = _augment(x_all[idx], p_all[idx], rng, zoom, recipe.shift)
             loss = _heatmap_loss(net(x), pts, m_all[idx])
             opt.zero_grad()
             loss.backward()
@@ -387,6 +392,47 @@ def _calibration(items: list[Item], oof: list[dict], splits: list[np.ndarray]) -
         "calibration_ece_oof": mean(plain),
         "calibration_ece_temperature_nested": mean(scaled),
     }
+
+
+def run_landmarks(
+    data_dir: Path,
+    out_dir: Path,
+    recipe: Recipe = Recipe(),
+    folds: int = 5,
+    seed: int = 0,
+    log: Log = print,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Landmark nets only, for a locating set (`ai.ensemble --locate`): a final fit, then one net per fold (the
+    folds and seeds of `run`) with its held-out points in oof.json and within 6 mm per fold in cv.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = prepare(load_dataset(data_dir), recipe.input_size)
+    meta = {"width": recipe.width, "input_size": recipe.input_size, "recipe": asdict(recipe)}
+    dev = torch.device(device)
+    Member(train_landmarks(items, recipe.lm_epochs, seed + 100, log, recipe, device), None, meta, dev).save(out_dir)
+    oof: list[dict[str, Any]] = []
+    per_fold = []
+    for k, val in enumerate(folds_of(len(items), folds, 0) if folds > 1 else []):
+        held = set(val.tolist())
+        train = [it for i, it in enumerate(items) if i not in held]
+        member = Member(train_landmarks(train, recipe.lm_epochs, seed + k, log, recipe, device), None, meta, dev)
+        member.save(out_dir / f"fold{k + 1}")
+        hits = points = 0
+        for i in val:
+            it = items[i]
+            xy, loc = member.locate(it.img01)
+            oof.append({"study_uid": it.study.study_uid, "xy": xy.tolist(), "loc": loc.tolist()})
+            (sy, sx), m = it.spacing, it.mask
+            hits += int((np.hypot((xy[m, 0] - it.xy[m, 0]) * sx, (xy[m, 1] - it.xy[m, 1]) * sy) < HIT_MM).sum())
+            points += int(m.sum())
+        per_fold.append({"fold": k + 1, "within_6mm": round(hits / points, 4)})
+        log(f"fold {k + 1}/{folds}: within 6 mm {per_fold[-1]['within_6mm']}")
+    report = {"recipe": asdict(recipe), "seed": seed, "folds": folds, "per_fold": per_fold}
+    if per_fold:
+        report["cv_mean"] = {"within_6mm": round(float(np.mean([f["within_6mm"] for f in per_fold])), 4)}
+        (out_dir / "oof.json").write_text(json.dumps(oof))
+    (out_dir / "cv.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def run(

@@ -188,7 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ai.infer import pick_device
-    from ai.train import Recipe, run
+    from ai.train import Recipe, run, run_landmarks
 
     recipe = Recipe(
         lm_epochs=args.landmark_epochs,
@@ -200,7 +200,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         crop_size=args.crop_size,
         zoom=tuple(args.zoom),
         shift=args.shift,
+        zoom_tail=tuple(args.zoom_tail) if args.zoom_tail else None,
     )
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.landmarks_only:
+        report = run_landmarks(
+            Path(args.data), Path(args.out), recipe, args.folds, args.seed, log, str(pick_device(args.device))
+        )
+        print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
+        return 0
     report = run(
         Path(args.data),
         Path(args.out),
@@ -208,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         final=not args.no_final,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
+        log=log,
         device=str(pick_device(args.device)),
         spider_dir=Path(args.spider) if args.spider else None,
         spider_locator=args.spider_locator,
@@ -313,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="landmark augmentation: largest shift, normalised coordinates (the input spans -1..1)",
+    )
+    sp.add_argument(
+        "--zoom-tail",
+        type=float,
+        nargs=3,
+        metavar=("SHARE", "LO", "HI"),
+        help="landmark augmentation: that share of the batches zoomed LO..HI instead (tight fields of view)",
+    )
+    sp.add_argument(
+        "--landmarks-only",
+        action="store_true",
+        help="train landmark nets only (a final fit and one per fold, held-out points in oof.json): members of a "
+        "locating set for python -m ai.ensemble --locate",
     )
     sp.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     sp.add_argument("--seed", type=int, default=0)

@@ -13,7 +13,7 @@ from dicomgen import data_subset
 from ai.data import load_dataset
 from ai.infer import Analyzer, Member
 from ai.models import Grader, LandmarkNet
-from ai.train import Recipe, _augment, run
+from ai.train import Recipe, _augment, run, run_landmarks
 
 
 def test_input_size_and_crop_size_round_trip(tmp_path: Path):
@@ -72,3 +72,38 @@ def test_run_writes_cv_report_and_a_final_model_with_the_tuned_decision(shared_d
     study = load_dataset(data)[0]
     levels = model.analyze(*study.load())
     assert len(levels) == 11 and all(np.isfinite([lv.x for lv in levels]))
+
+
+def test_a_zoom_tail_zooms_that_share_of_the_landmark_batches_further_in(monkeypatch: pytest.MonkeyPatch):
+    import ai.train as train
+
+    zooms: list[tuple[float, float]] = []
+    real = train._augment
+
+    def spy(x, pts, rng, zoom, shift):
+        zooms.append(tuple(zoom))
+        return real(x, pts, rng, zoom, shift)
+
+    monkeypatch.setattr(train, "_augment", spy)
+    item = type("Item", (), {})()
+    item.net_in, item.box = torch.zeros(1, 64, 64), type("Box", (), {"to_input": lambda self, xy: xy})()
+    item.xy, item.mask = np.full((11, 2), 30.0), np.ones(11, bool)
+    recipe = Recipe(width=8, input_size=64, zoom_tail=(0.5, 1.3, 1.5))
+    train.train_landmarks([item] * 8, 40, 0, lambda m: None, recipe)
+    tail = sum(z == (1.3, 1.5) for z in zooms)
+    assert set(zooms) == {(0.85, 1.2), (1.3, 1.5)} and 10 <= tail <= 30  # 40 batches, half of them, give or take
+
+
+@pytest.mark.data
+def test_landmarks_only_run_writes_fold_nets_and_their_held_out_points(shared_data: Path, tmp_path: Path):
+    data = data_subset(shared_data, tmp_path / "data", 6)
+    recipe = Recipe(lm_epochs=1, width=8, input_size=128, zoom_tail=(0.3, 1.2, 1.5))
+    report = run_landmarks(data, tmp_path / "out", recipe, folds=2, log=lambda m: None)
+    out = tmp_path / "out"
+    oof = json.loads((out / "oof.json").read_text())
+    assert len(oof) == 6 and {len(p["xy"]) for p in oof} == {11}
+    assert len(report["per_fold"]) == 2 and 0.0 <= report["cv_mean"]["within_6mm"] <= 1.0
+    for folder in (out, out / "fold1", out / "fold2"):
+        member = Member.load(folder, "cpu")
+        assert member.grader is None and member.meta["recipe"]["zoom_tail"] == [0.3, 1.2, 1.5]
+    assert Analyzer.load(out, "cpu").graders == []  # a locating member: ai.ensemble --locate takes it
