@@ -2,6 +2,7 @@
 
     python -m ai.ensemble --data DIR --out FOLDER --locate A B C --grade A B
     python -m ai.ensemble --data DIR --spider SPIDER --out FOLDER --keep-locators ENSEMBLE --grade J1 J2 J3
+    python -m ai.ensemble --data DIR --spider SPIDER --out FOLDER --locate A B C D E --roi 2.1 --grade J1 J2 J3
 
 Each member folder holds a final model (model.json and weights) and the oof.json of its cross-validation on the
 same folds (`ai.train.folds_of`, seed 0). The ensemble's CV figures combine those held-out predictions as the
@@ -13,7 +14,10 @@ measured on the data (`ai.quantize`).
 With --spider the graders were trained on both sets (`dicomnode train --spider`): their SPIDER held-out
 probabilities (oof_spider.json) are averaged too and the decision is tuned on both sets (`ai.joint`). With
 --keep-locators the locating members of an existing ensemble are copied as they are (their fold models are gone, so
-the CV points are the grading members' own held-out points, and the locators' figures stay those recorded).
+the CV points are the grading members' own held-out points, and the locators' figures stay those recorded), and
+so is their second look (`roi_spine_lengths`). With --roi the locators look twice (`ai.infer.Analyzer.member_points`):
+their held-out Tianchi points are found anew by their fold models, and SPIDER's slices, located by their final
+models, are graded again by each grader's fold models at those points; so are the Tianchi points (no approximation).
 """
 
 from __future__ import annotations
@@ -59,11 +63,21 @@ def combine_oof(
     return out
 
 
+def same_fold(folder: Path, held_out: set[str]) -> None:
+    """A fold model that records its held-out studies must have held out these: held-out figures from a model that
+    trained on them would look better than they are."""
+    recorded = json.loads((folder / "model.json").read_text()).get("val_studies")
+    if recorded is not None and set(recorded) != held_out:
+        raise ValueError(f"{folder} held out other studies than this fold's: the folds do not match")
+
+
 def roi_oof(locate: list[Path], items: list, splits: list[np.ndarray], lengths: float) -> list[list[dict]]:
     """Each locating member's held-out points as the assembled ensemble finds them: per fold, the members' fold
     models look twice (`Analyzer.member_points`), the second look around the first look's median chain."""
     out: list[list[dict]] = [[] for _ in locate]
     for k, val in enumerate(splits):
+        for src in locate:
+            same_fold(src / f"fold{k + 1}", {items[i].study.study_uid for i in val})
         fold = Analyzer(
             [Member.load(src / f"fold{k + 1}", "cpu", int8_grader=False) for src in locate],
             [],
@@ -79,6 +93,22 @@ def roi_oof(locate: list[Path], items: list, splits: list[np.ndarray], lengths: 
     return out
 
 
+def regrade(
+    grade: list[Path], items: list, splits: list[np.ndarray], oof: list[dict], tianchi: list[bool] | None
+) -> list[dict]:
+    """The held-out Tianchi probabilities graded anew by each grader's fold models at the ensemble's own held-out
+    points (`oof`, in `items` order): no grader read at another locating set's points."""
+    uids = [it.study.study_uid for it in items]
+    each: list[list[np.ndarray]] = [[np.zeros(0)] * len(items) for _ in grade]
+    for j, src in enumerate(grade):
+        for k, val in enumerate(splits):
+            same_fold(src / f"fold{k + 1}", {uids[i] for i in val})
+            fold = Member.load(src / f"fold{k + 1}", "cpu", int8_grader=False)
+            for i in val:
+                each[j][i] = fold.grade(items[i].img01, np.asarray(oof[i]["xy"], np.float32))
+    return [dict(o, probs=combine_grades([e[i] for e in each], tianchi).tolist()) for i, o in enumerate(oof)]
+
+
 def spider_predictions(
     member: Path, items: list[joint.SpiderItem], splits: list[np.ndarray] | None = None
 ) -> list[np.ndarray]:
@@ -88,6 +118,8 @@ def spider_predictions(
     if splits is not None and (member / "oof_spider.json").is_file():
         probs: list[np.ndarray] = [np.zeros(0)] * len(items)
         for k, val in enumerate(splits):
+            # a fold model records its Tianchi studies, not its SPIDER slices: both follow one fold seed, and the
+            # caller checks the Tianchi ones (`same_fold`)
             fold = Member.load(member / f"fold{k + 1}", "cpu", int8_grader=False)
             for i in val:
                 probs[i] = fold.grade(items[i].img01, items[i].xy.astype(np.float32))
@@ -115,7 +147,9 @@ def assemble(
     sources = list(dict.fromkeys([*locate, *grade]))
     kept: list[str] = []
     if keep_locators is not None:
-        kept = json.loads((keep_locators / "model.json").read_text())["ensemble"]["locate"]
+        kept_meta = json.loads((keep_locators / "model.json").read_text())
+        kept = kept_meta["ensemble"]["locate"]
+        roi = roi or kept_meta.get("roi_spine_lengths")  # the kept locators look as they did
     inputs = [*sources, *([keep_locators] if keep_locators else [])]
     if any(out.resolve() in (s.resolve(), *s.resolve().parents) for s in inputs):
         raise ValueError(f"{out} holds a member; assemble into a new folder")
@@ -127,6 +161,8 @@ def assemble(
     splits = folds_of(len(items), folds, seed)
     located = roi_oof(locate, items, splits, roi) if roi and locate else [read(s) for s in (locate or grade)]
     oof = combine_oof(uids, located, [read(s) for s in grade], tianchi)
+    if roi and locate:
+        oof = regrade(grade, items, splits, oof, tianchi)
     both = None
     if spider is not None:
         # SPIDER is located as the node will locate it: by the kept locators, or by the new locating set (its final
@@ -138,6 +174,10 @@ def assemble(
         )
         spider_items = joint.prepare_spider(load_spider(spider), locator)
         again = folds_of(len(spider_items), folds, seed) if locate and not keep_locators else None
+        if again is not None:
+            for src in grade:
+                for k, val in enumerate(splits):
+                    same_fold(src / f"fold{k + 1}", {uids[i] for i in val})
         each = [spider_predictions(s, spider_items, again) for s in grade]
         spider_oof = [
             {
@@ -229,6 +269,8 @@ def main() -> None:
     args = p.parse_args()
     if not args.locate and not args.keep_locators:
         p.error("name --locate members or --keep-locators")
+    if args.roi and not args.locate:
+        p.error("--roi needs --locate members with fold models (kept locators look as they did)")
     report = assemble(
         Path(args.data),
         Path(args.out),

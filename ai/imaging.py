@@ -103,6 +103,7 @@ class SpineBox:
         ys = xy[:, 1]
         # a chain squeezed into a fifth of the slice is no spine length to scale by
         length = max(float(np.ptp(ys)), 0.2 * rows)
+        # at most three slices wide: a chain spread over the whole slice by a failed first look is no scale either
         side = int(round(min(length * lengths, 3.0 * max(rows, cols))))
         cx, cy = float(np.median(xy[:, 0])), (float(ys.min()) + float(ys.max())) / 2
         return cls(int(round(cx - side / 2)), int(round(cy - side / 2)), side)

@@ -416,7 +416,7 @@ def run_landmarks(
         held = set(val.tolist())
         train = [it for i, it in enumerate(items) if i not in held]
         member = Member(train_landmarks(train, recipe.lm_epochs, seed + k, log, recipe, device), None, meta, dev)
-        member.save(out_dir / f"fold{k + 1}")
+        member.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
         hits = points = 0
         for i in val:
             it = items[i]

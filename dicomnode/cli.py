@@ -204,6 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.landmarks_only:
+        if args.spider or args.landmarks_from or args.no_final:
+            print("dicomnode: --landmarks-only trains no grader and always the final fit", file=sys.stderr)
+            return 2
         report = run_landmarks(
             Path(args.data), Path(args.out), recipe, args.folds, args.seed, log, str(pick_device(args.device))
         )

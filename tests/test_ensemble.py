@@ -184,3 +184,45 @@ def test_a_model_with_a_spine_box_locates_a_second_time_inside_it(tmp_path: Path
         again, again_loc = member.locate(box.cut(img))
         assert np.allclose(xy, box.to_image(again), atol=1e-3) and np.allclose(loc, again_loc, atol=1e-5)
     assert not np.allclose(twice.locate(img)[0], once.locate(img)[0])  # the second look moved the points
+
+
+def test_spine_box_past_the_slice_is_black_there():
+    img = np.ones((100, 80), np.float32)
+    corner = SpineBox(60, 70, 50).cut(img)  # reaches past the right and bottom edges
+    assert corner[:30, :20].all() and not corner[30:, :].any() and not corner[:, 20:].any()
+    assert not SpineBox(200, 200, 40).cut(img).any()  # wholly outside: nothing to see, no error
+
+
+@pytest.mark.data
+def test_assemble_with_roi_locates_by_the_fold_models_checks_their_folds_and_is_kept(shared_data: Path, tmp_path: Path):
+    from ai.data import load_dataset
+    from ai.ensemble import roi_oof
+    from ai.train import folds_of, predict, prepare
+
+    data = data_subset(shared_data, tmp_path / "data", 10)
+    items = prepare(load_dataset(data), 64)
+    val = folds_of(len(items), 2, 0)
+    members = []
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        folder = _member(tmp_path / name, seed)
+        for k, v in enumerate(val):
+            meta = json.loads((_member(folder / f"fold{k + 1}", seed + 10 * (k + 1)) / "model.json").read_text())
+            meta["val_studies"] = [items[i].study.study_uid for i in v]
+            (folder / f"fold{k + 1}" / "model.json").write_text(json.dumps(meta))
+        (folder / "oof.json").write_text(json.dumps(predict(Member.load(folder, "cpu"), items)))
+        members.append(folder)
+    found = roi_oof(members, items, val, 2.1)
+    fold1 = Analyzer([Member.load(m / "fold1", "cpu", int8_grader=False) for m in members], [], Decision(), {})
+    fold1.meta["roi_spine_lengths"] = 2.1
+    first = items[val[0][0]]
+    assert np.allclose(found[0][0]["xy"], fold1.member_points([first.img01])[0][0][0], atol=1e-3)
+    stored = json.loads((members[0] / "oof.json").read_text())
+    assert not np.allclose(found[0][0]["xy"], next(p["xy"] for p in stored if p["study_uid"] == first.study.study_uid))
+    assemble(data, tmp_path / "ens", members, members[:2], folds=2, roi=2.1)
+    assert json.loads((tmp_path / "ens" / "model.json").read_text())["roi_spine_lengths"] == 2.1
+    assemble(data, tmp_path / "kept", [], members[:2], folds=2, keep_locators=tmp_path / "ens")
+    assert json.loads((tmp_path / "kept" / "model.json").read_text())["roi_spine_lengths"] == 2.1  # looks as it did
+    meta = json.loads((members[1] / "fold2" / "model.json").read_text())
+    (members[1] / "fold2" / "model.json").write_text(json.dumps({**meta, "val_studies": meta["val_studies"][1:]}))
+    with pytest.raises(ValueError, match="folds do not match"):
+        roi_oof(members, items, val, 2.1)

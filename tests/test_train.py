@@ -107,3 +107,12 @@ def test_landmarks_only_run_writes_fold_nets_and_their_held_out_points(shared_da
         member = Member.load(folder, "cpu")
         assert member.grader is None and member.meta["recipe"]["zoom_tail"] == [0.3, 1.2, 1.5]
     assert Analyzer.load(out, "cpu").graders == []  # a locating member: ai.ensemble --locate takes it
+
+
+def test_landmarks_only_refuses_what_only_a_grader_run_can_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from dicomnode.cli import main
+
+    for extra in (["--spider", str(tmp_path)], ["--landmarks-from", str(tmp_path)], ["--no-final"]):
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--landmarks-only", *extra]) == 2
+        assert "--landmarks-only" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
