@@ -95,14 +95,22 @@ def test_assemble_refuses_to_write_over_a_member(tmp_path: Path):
         assemble(tmp_path, tmp_path, [member], [member])
 
 
-@pytest.mark.data
-def test_assemble_scores_the_members_out_of_fold_and_loads(shared_data: Path, tmp_path: Path):
+def _ten_studies(shared_data: Path, tmp_path: Path) -> tuple[Path, list, list[np.ndarray]]:
+    """Ten annotated studies, prepared for 64-px nets, in two folds."""
     from ai.data import load_dataset
-    from ai.train import folds_of, predict, prepare
+    from ai.train import folds_of, prepare
 
     data = data_subset(shared_data, tmp_path / "data", 10)
     items = prepare(load_dataset(data), 64)
-    val = folds_of(len(items), 2, 0)
+    return data, items, folds_of(len(items), 2, 0)
+
+
+@pytest.mark.data
+def test_assemble_scores_the_members_out_of_fold_and_loads(shared_data: Path, tmp_path: Path):
+    from ai.data import load_dataset
+    from ai.train import predict
+
+    data, items, val = _ten_studies(shared_data, tmp_path)
     members = []
     for name, seed, grader in (("a", 1, True), ("b", 2, True), ("c", 3, False)):
         folder = _member(tmp_path / name, seed, grader)
@@ -195,13 +203,10 @@ def test_spine_box_past_the_slice_is_black_there():
 
 @pytest.mark.data
 def test_assemble_with_roi_locates_by_the_fold_models_checks_their_folds_and_is_kept(shared_data: Path, tmp_path: Path):
-    from ai.data import load_dataset
     from ai.ensemble import roi_oof
-    from ai.train import folds_of, predict, prepare
+    from ai.train import predict
 
-    data = data_subset(shared_data, tmp_path / "data", 10)
-    items = prepare(load_dataset(data), 64)
-    val = folds_of(len(items), 2, 0)
+    data, items, val = _ten_studies(shared_data, tmp_path)
     members = []
     for name, seed in (("a", 1), ("b", 2), ("c", 3)):
         folder = _member(tmp_path / name, seed)
