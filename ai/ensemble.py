@@ -71,59 +71,63 @@ def same_fold(folder: Path, held_out: set[str]) -> None:
         raise ValueError(f"{folder} held out other studies than this fold's: the folds do not match")
 
 
+def fold_models(src: Path, splits: list[np.ndarray], uids: list[str]) -> list[Member]:
+    """A member's fold models (fp32), each checked to have held out its fold's studies (`same_fold`)."""
+    out = []
+    for k, val in enumerate(splits):
+        same_fold(src / f"fold{k + 1}", {uids[i] for i in val})
+        out.append(Member.load(src / f"fold{k + 1}", "cpu", int8_grader=False))
+    return out
+
+
 def roi_oof(locate: list[Path], items: list, splits: list[np.ndarray], lengths: float) -> list[list[dict]]:
     """Each locating member's held-out points as the assembled ensemble finds them: per fold, the members' fold
     models look twice (`Analyzer.member_points`), the second look around the first look's median chain."""
+    uids = [it.study.study_uid for it in items]
+    folds = [fold_models(src, splits, uids) for src in locate]
     out: list[list[dict]] = [[] for _ in locate]
     for k, val in enumerate(splits):
-        for src in locate:
-            same_fold(src / f"fold{k + 1}", {items[i].study.study_uid for i in val})
-        fold = Analyzer(
-            [Member.load(src / f"fold{k + 1}", "cpu", int8_grader=False) for src in locate],
-            [],
-            Decision(),
-            {"roi_spine_lengths": lengths},
-        )
+        fold = Analyzer([member[k] for member in folds], [], Decision(), {"roi_spine_lengths": lengths})
         found = fold.member_points([items[i].img01 for i in val])
-        for j, member in enumerate(found):
+        for j, member_found in enumerate(found):
             out[j] += [
-                {"study_uid": items[i].study.study_uid, "xy": xy.tolist(), "loc": c.tolist()}
-                for i, (xy, c) in zip(val, member, strict=True)
+                {"study_uid": uids[i], "xy": xy.tolist(), "loc": c.tolist()}
+                for i, (xy, c) in zip(val, member_found, strict=True)
             ]
     return out
 
 
+def fold_grades(
+    folds: list[Member], splits: list[np.ndarray], imgs: list[np.ndarray], points: list
+) -> list[np.ndarray]:
+    """Each held-out slice graded by its fold's model at the given points (fold k grades splits[k])."""
+    probs: list[np.ndarray] = [np.zeros(0)] * len(imgs)
+    for fold, val in zip(folds, splits, strict=True):
+        for i in val:
+            probs[i] = fold.grade(imgs[i], np.asarray(points[i], np.float32))
+    return probs
+
+
 def regrade(
-    grade: list[Path], items: list, splits: list[np.ndarray], oof: list[dict], tianchi: list[bool] | None
+    graders: list[list[Member]], items: list, splits: list[np.ndarray], oof: list[dict], tianchi: list[bool] | None
 ) -> list[dict]:
-    """The held-out Tianchi probabilities graded anew by each grader's fold models at the ensemble's own held-out
-    points (`oof`, in `items` order): no grader read at another locating set's points."""
-    uids = [it.study.study_uid for it in items]
-    each: list[list[np.ndarray]] = [[np.zeros(0)] * len(items) for _ in grade]
-    for j, src in enumerate(grade):
-        for k, val in enumerate(splits):
-            same_fold(src / f"fold{k + 1}", {uids[i] for i in val})
-            fold = Member.load(src / f"fold{k + 1}", "cpu", int8_grader=False)
-            for i in val:
-                each[j][i] = fold.grade(items[i].img01, np.asarray(oof[i]["xy"], np.float32))
+    """The held-out Tianchi probabilities graded anew by each grader's fold models (`fold_models`) at the ensemble's
+    own held-out points (`oof`, in `items` order): no grader read at another locating set's points."""
+    imgs, points = [it.img01 for it in items], [o["xy"] for o in oof]
+    each = [fold_grades(folds, splits, imgs, points) for folds in graders]
     return [dict(o, probs=combine_grades([e[i] for e in each], tianchi).tolist()) for i, o in enumerate(oof)]
 
 
 def spider_predictions(
-    member: Path, items: list[joint.SpiderItem], splits: list[np.ndarray] | None = None
+    member: Path, items: list[joint.SpiderItem], again: tuple[list[Member], list[np.ndarray]] | None = None
 ) -> list[np.ndarray]:
     """A grading member's held-out probabilities on SPIDER's slices: its fold models' (oof_spider.json) when it was
-    trained on SPIDER, else its final model's, which never saw SPIDER. splits: the slices were located anew (another
-    locating set than the one the member was trained with), so its fold models grade them again at these points."""
-    if splits is not None and (member / "oof_spider.json").is_file():
-        probs: list[np.ndarray] = [np.zeros(0)] * len(items)
-        for k, val in enumerate(splits):
-            # a fold model records its Tianchi studies, not its SPIDER slices: both follow one fold seed, and the
-            # caller checks the Tianchi ones (`same_fold`)
-            fold = Member.load(member / f"fold{k + 1}", "cpu", int8_grader=False)
-            for i in val:
-                probs[i] = fold.grade(items[i].img01, items[i].xy.astype(np.float32))
-        return probs
+    trained on SPIDER, else its final model's, which never saw SPIDER. again (its fold models, SPIDER's folds): the
+    slices were located anew (another locating set than the one the member was trained with), so its fold models
+    grade them again at these points (a fold model records its Tianchi studies, not its SPIDER slices: both follow
+    one fold seed, and `fold_models` checked the Tianchi ones)."""
+    if again is not None and (member / "oof_spider.json").is_file():
+        return fold_grades(*again, [it.img01 for it in items], [it.xy for it in items])
     if (member / "oof_spider.json").is_file():
         stored = json.loads((member / "oof_spider.json").read_text())
         by_uid = {p["instance_uid"]: np.asarray(p["probs"]) for p in stored}
@@ -161,24 +165,27 @@ def assemble(
     splits = folds_of(len(items), folds, seed)
     located = roi_oof(locate, items, splits, roi) if roi and locate else [read(s) for s in (locate or grade)]
     oof = combine_oof(uids, located, [read(s) for s in grade], tianchi)
-    if roi and locate:
-        oof = regrade(grade, items, splits, oof, tianchi)
+    # new points, the graders' fold models grade them: Tianchi's found by --roi, SPIDER's by a new locating set
+    fresh = bool(locate) and keep_locators is None
+    tianchi_again, spider_again = bool(roi and locate), spider is not None and fresh
+    graders = [fold_models(s, splits, uids) for s in grade] if tianchi_again or spider_again else []
+    if tianchi_again:
+        oof = regrade(graders, items, splits, oof, tianchi)
     both = None
     if spider is not None:
         # SPIDER is located as the node will locate it: by the kept locators, or by the new locating set (its final
         # models never saw SPIDER), whose points the graders' fold models then grade again
         locator = (
             Analyzer([Member.load(s, "cpu") for s in locate], [], Decision(), {"roi_spine_lengths": roi})
-            if locate and not keep_locators
+            if fresh
             else Analyzer.load(keep_locators or "default", "cpu")
         )
         spider_items = joint.prepare_spider(load_spider(spider), locator)
-        again = folds_of(len(spider_items), folds, seed) if locate and not keep_locators else None
-        if again is not None:
-            for src in grade:
-                for k, val in enumerate(splits):
-                    same_fold(src / f"fold{k + 1}", {uids[i] for i in val})
-        each = [spider_predictions(s, spider_items, again) for s in grade]
+        spider_splits = folds_of(len(spider_items), folds, seed)
+        each = [
+            spider_predictions(s, spider_items, (graders[j], spider_splits) if spider_again else None)
+            for j, s in enumerate(grade)
+        ]
         spider_oof = [
             {
                 "instance_uid": it.study.instance_uid,
@@ -187,7 +194,7 @@ def assemble(
             }
             for i, it in enumerate(spider_items)
         ]
-        both = (spider_items, spider_oof, folds_of(len(spider_items), folds, seed))
+        both = (spider_items, spider_oof, spider_splits)
     report = summarise(items, oof, splits, both)
     members = {}
     for src, name in names.items():
