@@ -296,6 +296,12 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(order[i::k]) for i in range(k)]
 
 
+def held_out(k: int, items: Sequence[Item], val: np.ndarray) -> dict[str, Any]:
+    """What a fold model records of its fold, so that `ai.ensemble.same_fold` can refuse a model that saw its
+    held-out studies."""
+    return {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]}
+
+
 def fit(
     items: list[Item],
     recipe: Recipe,
@@ -416,7 +422,7 @@ def run_landmarks(
         held = set(val.tolist())
         train = [it for i, it in enumerate(items) if i not in held]
         member = Member(train_landmarks(train, recipe.lm_epochs, seed + k, log, recipe, device), None, meta, dev)
-        member.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
+        member.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
         hits = points = 0
         for i in val:
             it = items[i]
@@ -502,7 +508,7 @@ def run(
             strain or None,
             landmarks_from / f"fold{k + 1}" if landmarks_from else None,
         )
-        model.save(out_dir / f"fold{k + 1}", {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]})
+        model.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
         for i, p in zip(val, predict(model, [items[i] for i in val]), strict=True):
             oof[i] = p
         for i, p in zip(sval, predict_spider(model, [spider[i] for i in sval]), strict=True):
