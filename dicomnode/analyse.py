@@ -19,6 +19,7 @@ from ai.infer import Analyzer
 from ai.orient import Canonical, OrientationError, canonical
 from ai.results import LevelResult, numbering_uncertain
 from dicomnode.config import AIConfig
+from dicomnode.report.source import for_outputs
 from dicomnode.selection import Header, Selection, SelectionRecord, select
 
 MAX_PIXELS = 4096 * 4096
@@ -45,6 +46,7 @@ class Analysis:
     slice_scores: dict[str, float] = field(default_factory=dict)
     orientation: str = "as stored"  # how the slice was turned for the nets (points are on the stored grid)
     frame: int | None = None  # the analysed frame of a multi-frame image (1-based)
+    repairs: list[str] = field(default_factory=list)  # gaps in the headers read around, one line each (job events)
 
     def decision(self) -> SelectionRecord:
         return self.selection.record(
@@ -66,6 +68,7 @@ class Analysis:
             "levels": [lv.to_dict() for lv in self.levels],
             "selection": decision.to_dict(),
             "numbering_uncertain": decision.numbering_uncertain,
+            "repairs": self.repairs,
         }
 
 
@@ -102,6 +105,30 @@ def load_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:
         ) from exc
 
 
+def grey_defaults(ds: Dataset) -> list[str]:
+    """Fills in the Image Pixel attributes an uncompressed grey MR slice can only have, where the file leaves them
+    out: one sample per pixel (checked against the pixel data's length), MONOCHROME2 and unsigned values (what the
+    MR IOD allows and nearly every scanner writes); one line per repair."""
+    meta = getattr(ds, "file_meta", Dataset())
+    native = not getattr(meta.get("TransferSyntaxUID"), "is_compressed", False)
+    try:
+        size = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames") or 1) * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError):
+        return []
+    if not native or "PixelData" not in ds or len(ds.PixelData) not in (size, size + 1):
+        return []
+    repairs = []
+    for keyword, value in (
+        ("SamplesPerPixel", 1),
+        ("PhotometricInterpretation", "MONOCHROME2"),
+        ("PixelRepresentation", 0),
+    ):
+        if ds.get(keyword) in (None, ""):
+            setattr(ds, keyword, value)
+            repairs.append(f"{keyword} absent in the source: read as {value}")
+    return repairs
+
+
 def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.candidate_slices) -> Analysis:
     """Locates the levels on the middle candidate slices and grades the one it localises most confidently
     (only that one: grading all would cost about a sixth more per extra slice)."""
@@ -111,8 +138,10 @@ def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.ca
     read: list[tuple[Header, Dataset, np.ndarray, Canonical]] = []
     errors: list[AnalysisError] = []
     files: dict[Path, Dataset] = {}  # the frames of a multi-frame object share one read
+    fixes: dict[Path, list[str]] = {}
     for h in selection.candidates:
         ds = files.get(h.path) or files.setdefault(h.path, read_file(h.path))
+        fixes.setdefault(h.path, grey_defaults(ds))
         try:
             read.append((h, ds, load_pixels(ds, h.frame), orientation_of(h)))
         except AnalysisError as exc:
@@ -125,7 +154,8 @@ def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.ca
     best = max(range(len(read)), key=lambda i: located[i].score)  # the first of equals: the middle slice
     (h, ds, pixels, turn), found = read[best], located[best]
     levels = turn.levels_to_stored(analyzer.grade_slice(found), pixels.shape)
-    return Analysis(ds, pixels, levels, selection, analyzer.version, scores, turn.describe(), h.frame)
+    repairs = selection.repairs + fixes[h.path] + for_outputs(ds)[1]
+    return Analysis(ds, pixels, levels, selection, analyzer.version, scores, turn.describe(), h.frame, repairs)
 
 
 def orientation_of(h: Header) -> Canonical:

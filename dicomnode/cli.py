@@ -118,13 +118,24 @@ def analyze_path(path: Path, out: Path, ai: Any = None, output: Any = None, png:
     )
     if not files:
         return {"error": "no_input", "reason": f"no files under {path}", "levels": []}
+    from dicomnode.logs import where
+
     try:
-        analysis = analyse(files, get_analyzer(ai.model, ai.device, ai.int8_graders), ai.candidate_slices)
+        analyzer = get_analyzer(ai.model, ai.device, ai.int8_graders)
+    except Exception as exc:  # noqa: BLE001 - missing or broken weights
+        return {"error": "model_unavailable", "reason": f"{type(exc).__name__} in {where(exc)}", "levels": []}
+    try:
+        analysis = analyse(files, analyzer, ai.candidate_slices)
     except NoInput as exc:
         return {"error": "no_input", "reason": str(exc), "levels": []}
     except AnalysisError as exc:
         return {"error": exc.code, "reason": exc.reason, "levels": []}
-    written = write_outputs(analysis, out, 1, output, png=png)
+    except Exception as exc:  # noqa: BLE001 - the same codes as the service, never a traceback
+        return {"error": "internal_error", "reason": f"{type(exc).__name__} in {where(exc)}", "levels": []}
+    try:
+        written = write_outputs(analysis, out, 1, output, png=png)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": "report_error", "reason": f"{type(exc).__name__} in {where(exc)}", "levels": []}
     return dict(analysis.to_json(), files=[str(o.path) for o in written])
 
 
@@ -150,10 +161,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 f"{lv['level']:7s} {lv['kind']:8s} ({lv['x']:.0f},{lv['y']:.0f}) {','.join(lv['labels'])}"
                 f" p={lv['confidence']:.2f}"
             )
+        for repair in result.get("repairs", []):
+            print(f"repaired: {repair}")
         if result.get("numbering_uncertain"):
             print("warning: the landmark nets disagree on which vertebra is which; check L1-L5 by counting")
         for f in result.get("files", []):
             print(f"wrote {f}")
+    if "error" in result:  # one line, a reason code of storage.states.REASONS
+        print(f"error: {result['error']}: {result['reason']}", file=sys.stderr)
+        return 2
     return 0 if result.get("levels") else 2
 
 

@@ -50,3 +50,23 @@ def setup(level: str = "INFO") -> None:
 
 def get(name: str = "dicomnode") -> Any:
     return structlog.get_logger(name)
+
+
+def where(exc: BaseException) -> str:
+    """'file.py:123 in function' of the innermost frame: where an error happened, without its message (messages can
+    quote dataset values such as names)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    f = frames[-1]
+    return f"{f.filename.rsplit('site-packages/', 1)[-1].rsplit('/work/', 1)[-1]}:{f.lineno} in {f.name}"
+
+
+def failure(log: Any, event: str, exc: BaseException, **ids: Any) -> None:
+    """An unexpected error: its type and place at error level, the stack only at debug level."""
+    import traceback
+
+    log.error(event, error=type(exc).__name__, where=where(exc), **ids)
+    log.debug(event, stack="".join(traceback.format_tb(exc.__traceback__, limit=8)), **ids)

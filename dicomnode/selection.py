@@ -159,6 +159,7 @@ class Selection:
     reason: str = ""
     considered: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
+    repairs: list[str] = field(default_factory=list)  # what was read around a gap in the headers, one line each
 
     def record(self, **chosen: Any) -> SelectionRecord:
         """What is kept of the choice in the job (`chosen`: the analysed slice, frame, scores, orientation)."""
@@ -293,18 +294,17 @@ def describe_series(uid: str, headers: list[Header]) -> SeriesInfo:
     return info
 
 
-def order_stack(info: SeriesInfo) -> list[Header]:
-    """Slices by position along the normal (not by InstanceNumber, which some scanners run backwards)."""
+def order_stack(info: SeriesInfo) -> tuple[list[Header], str | None]:
+    """Slices by position along the normal (not by InstanceNumber, which some scanners run backwards); by
+    InstanceNumber only when a slice gives no readable position, and then the second value says so."""
     normal = info.normal
     assert normal is not None
-
-    def pos(h: Header) -> float:
-        try:
-            return float(np.dot([float(x) for x in h.get("ImagePositionPatient")], normal))
-        except (TypeError, ValueError):
-            return float(h.get("InstanceNumber") or 0)
-
-    return sorted(info.headers, key=pos)
+    try:
+        pos = [float(np.dot([float(x) for x in h.get("ImagePositionPatient")], normal)) for h in info.headers]
+    except (TypeError, ValueError):
+        number = lambda h: float(h.get("InstanceNumber") or 0)  # noqa: E731
+        return sorted(info.headers, key=number), "ImagePositionPatient missing or invalid: ordered by InstanceNumber"
+    return [h for _, h in sorted(zip(pos, info.headers, strict=True), key=lambda t: t[0])], None
 
 
 def stack_complete(info: SeriesInfo, ordered: list[Header]) -> bool:
@@ -328,8 +328,15 @@ def select(paths: list[Path], n_candidates: int = 3) -> Selection:
     for h in headers:
         by_series.setdefault(str(h.get("SeriesInstanceUID", "")), []).append(h)
     infos = [describe_series(uid, hs) for uid, hs in by_series.items()]
-    considered = [i.summary() for i in infos]
     usable = [i for i in infos if i.excluded is None]
+    repairs = []
+    if not usable:  # a sagittal series that names no weighting at all (no description, echo or repetition time)
+        usable = [i for i in infos if i.excluded == "unknown weighting"]
+        if usable:
+            repairs.append("weighting unknown (no description, echo or repetition time): read as T2")
+            for i in usable:
+                i.excluded = None
+    considered = [i.summary() for i in infos]
     if not usable:
         why = "; ".join(f"{i.description or i.series_uid[-12:]}: {i.excluded}" for i in infos) or "no images"
         if problems:
@@ -337,7 +344,7 @@ def select(paths: list[Path], n_candidates: int = 3) -> Selection:
         return Selection(None, reason=f"no sagittal T2 series ({why})", considered=considered)
     usable.sort(key=lambda i: (i.fat_suppressed, -len(i.headers)))
     best = usable[0]
-    ordered = order_stack(best)
+    ordered, repair = order_stack(best)
     mid = (len(ordered) - 1) // 2
     offsets = [0, 1, -1, 2, -2][:n_candidates]
     cands = [ordered[mid + o] for o in offsets if 0 <= mid + o < len(ordered)]
@@ -347,4 +354,7 @@ def select(paths: list[Path], n_candidates: int = 3) -> Selection:
     )
     if len(usable) > 1:
         why += f"; preferred over {len(usable) - 1} other sagittal T2 series (non-fat-suppressed, then more slices)"
-    return Selection(best, ordered, cands, why, considered, stack_complete(best, ordered))
+    repairs += [repair] if repair else []
+    for r in repairs:
+        why += f"; {r}"
+    return Selection(best, ordered, cands, why, considered, stack_complete(best, ordered), repairs)

@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -126,7 +125,7 @@ class Worker:
             else:  # queued, or running under a worker that died
                 self.run(job_id)
         except Exception as exc:  # noqa: BLE001 - the database or the store failed under the job
-            log.error("job step failed", job_id=job_id, state=state, error=type(exc).__name__, trace=_frames(exc))
+            logs.failure(log, "job step failed", exc, job_id=job_id, state=state)
             if state == JobState.SENDING.value:
                 with contextlib.suppress(Exception):  # counted as a failed try: retried with back-off, then failed
                     record_send_error(self.cfg, self.engine, job_id, f"{type(exc).__name__}: {exc}"[:300])
@@ -174,7 +173,7 @@ class Worker:
             self._finish(job_id, JobState.FAILED, exc.code, exc.reason)
             return
         except Exception as exc:  # noqa: BLE001 - one bad study must not stop the worker
-            log.error("job crashed", job_id=job_id, error=type(exc).__name__, trace=_frames(exc))
+            logs.failure(log, "job crashed", exc, job_id=job_id)
             self._finish(job_id, JobState.FAILED, "internal_error", f"{type(exc).__name__}: {exc}"[:500])
             return
         metrics.STAGE_SECONDS.labels(stage="analyse").observe(time.time() - t0)
@@ -183,7 +182,7 @@ class Worker:
         try:
             written = write_outputs(analysis, out_dir, job.revision, self.cfg.output)
         except Exception as exc:  # noqa: BLE001
-            log.error("report failed", job_id=job_id, error=type(exc).__name__, trace=_frames(exc))
+            logs.failure(log, "report failed", exc, job_id=job_id)
             self._finish(job_id, JobState.FAILED, "report_error", f"{type(exc).__name__}: {exc}"[:500])
             return
         metrics.STAGE_SECONDS.labels(stage="report").observe(time.time() - t1)
@@ -205,6 +204,7 @@ class Worker:
                     "selection": analysis.selection.reason,
                     "slice": fields["sop_instance_uid"],
                     "outputs": [o.path.name for o in written],
+                    "repairs": analysis.repairs,  # one line each: what the node read around a gap in the headers
                 },
             )
             if not dests:
@@ -224,8 +224,3 @@ class Worker:
 def process_id() -> str:
     """host:pid:token, unique per process start: the owner of the jobs a process leases, its row in `nodes`."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _frames(exc: BaseException) -> str:
-    """Where it failed, without the exception's message: messages can quote dataset values (names)."""
-    return "".join(traceback.format_tb(exc.__traceback__, limit=5))

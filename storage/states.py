@@ -17,3 +17,21 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.NO_INPUT, JobState.SUPERSEDED})
+
+
+# Every reason code a job (or `dicomnode analyze`'s `error: <code>: <reason>`) can end with: a stable contract,
+# documented here and nowhere else (README and the conformance statement point to this list).
+REASONS: dict[str, str] = {
+    "no_input": "the study holds no sagittal T2 series to analyse (the reason names what was found)",
+    "not_2d": "the chosen slice is not one 2-D grey frame",
+    "too_large": "the chosen slice exceeds the pixel limit",
+    "unreadable_pixels": "the chosen slice's pixel data is missing or cannot be decoded",
+    "no_slice": "no candidate slice of the chosen series could be read",
+    "orientation": "the slice orientation is missing, malformed, not sagittal or 45 degrees off both axes",
+    "model_unavailable": "the model's weights are missing or cannot be loaded",
+    "report_error": "the SR, GSPS or secondary capture could not be built from this slice",
+    "internal_error": "an unexpected error in the analysis (its type and place are logged)",
+    "crashed_repeatedly": "the job's worker died on it too many times; it is not tried again by itself",
+    "send_unreachable": "a destination could not be reached within the retries",
+    "send_refused": "a destination refused the results",
+}

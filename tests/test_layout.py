@@ -97,3 +97,13 @@ def test_admin_commands_load_no_torch(tmp_path: Path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+def test_the_conformance_statement_lists_every_reason_code_and_no_other():
+    import re
+
+    from storage.states import REASONS
+
+    text = (ROOT / "docs" / "conformance-statement.md").read_text()
+    listed = text.split("## Reason codes", 1)[1].split("##", 1)[0].split("(a stable list):", 1)[1]
+    assert re.findall(r"`([a-z_0-9]+)`", listed) == list(REASONS)

@@ -74,7 +74,7 @@ def _names_a_window(source: Dataset) -> bool:
     """Whether highdicom can copy the image's own window: a multi-frame image must give one in its functional
     groups (a legacy conversion of images without one leaves an empty Frame VOI LUT item there)."""
     if "SharedFunctionalGroupsSequence" not in source:
-        return True  # single-frame: copied when present, left out when absent
+        return "WindowWidth" in source or "VOILUTSequence" in source  # single-frame: copied when present
     groups = [source.SharedFunctionalGroupsSequence[0], *source.get("PerFrameFunctionalGroupsSequence", [])]
     vois = [g.FrameVOILUTSequence[0] for g in groups if g.get("FrameVOILUTSequence")]
     return bool(vois) and all("WindowCenter" in v and "WindowWidth" in v for v in vois)

@@ -13,6 +13,7 @@ from dicomnode.report.common import OutputIds
 from dicomnode.report.gsps import build_gsps, window_of
 from dicomnode.report.preview import write_png
 from dicomnode.report.sc import build_sc
+from dicomnode.report.source import for_outputs
 from dicomnode.report.sr import build_sr
 
 
@@ -35,13 +36,14 @@ def write_outputs(
     """SR and GSPS (as configured) and an optional preview PNG; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = OutputIds(str(analysis.source.StudyInstanceUID), revision)
+    source, _ = for_outputs(analysis.source)  # the repairs are the analysis's (Analysis.repairs)
     written = []
     if output.sr:
-        sr = build_sr(analysis.source, analysis.levels, analysis.model_version, ids, analysis.frame)
+        sr = build_sr(source, analysis.levels, analysis.model_version, ids, analysis.frame)
         written.append(_save(sr, out_dir / "sr.dcm"))
     if output.gsps:
         pr = build_gsps(
-            analysis.source,
+            source,
             analysis.levels,
             analysis.model_version,
             ids,
@@ -51,7 +53,7 @@ def write_outputs(
         )
         written.append(_save(pr, out_dir / "gsps.dcm"))
     if output.secondary_capture:
-        sc = build_sc(analysis.source, analysis.pixels, analysis.levels, analysis.model_version, ids)
+        sc = build_sc(source, analysis.pixels, analysis.levels, analysis.model_version, ids)
         written.append(_save(sc, out_dir / "sc.dcm"))
     if png:
         written.append(Output(write_png(out_dir / "preview.png", analysis.pixels, analysis.levels), "png", None, None))

@@ -38,12 +38,14 @@ from dicomnode.report.common import (
     contributing_equipment,
     frame_view,
 )
+from dicomnode.report.source import library_view, prune_library
 
 
 def build_sr(
     source: Dataset, levels: list[LevelResult], model_version: str, ids: OutputIds, frame: int | None = None
 ) -> Dataset:
-    """frame: the analysed frame of a multi-frame source (1-based); every region references it."""
+    """source: the header as `report.source.for_outputs` repairs it. frame: the analysed frame of a multi-frame
+    source (1-based); every region references it."""
     algorithm = AlgorithmIdentification(name=ALGORITHM_NAME, version=model_version, manufacturer=MANUFACTURER)
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
@@ -87,13 +89,15 @@ def build_sr(
                 qualitative_evaluations=evaluations,
             )
         )
+    library, stand_ins = library_view(frame_view(source, frame))
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=C.PROCEDURE,
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=[frame_view(source, frame)],
+        referenced_images=[library],
     )
+    prune_library(report, stand_ins)  # geometry the source lacks is left out, not invented
     description = SERIES["sr"][1]
     sr = ComprehensiveSR(
         evidence=[source],
