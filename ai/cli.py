@@ -1,5 +1,5 @@
 """`dicomnode evaluate`: a model on annotated studies, scored by the official metric (Tianchi's layout) or by
-SPIDER's graded discs (a folder with labels.csv)."""
+SPIDER's graded discs (a folder with labels.csv), or LSMRI's labelled disc points (labels.csv with x, y, step_px)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 from ai.data import find_annotations, load_dataset, read_slice
 from ai.evaluate import StudyResult, evaluate
 from ai.infer import Analyzer
+from ai.lsmri import is_lsmri, load_lsmri, lsmri_metrics
 from ai.orient import of_dataset
 from ai.spider import by_manufacturer, is_spider, load_spider, spider_metrics
 
@@ -23,6 +24,8 @@ def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto", i
     chosen subset. A folder with `labels.csv` is read as SPIDER's layout (`evaluate_spider`)."""
     if is_spider(data_dir):
         return evaluate_spider(data_dir, model, device, int8)
+    if is_lsmri(data_dir):
+        return evaluate_lsmri(data_dir, model, device, int8)
     studies = load_dataset(data_dir, require_images=False)
     if studies and all(st.path is None for st in studies):
         raise FileNotFoundError(f"none of the {len(studies)} annotated instances is among the files under {data_dir}")
@@ -48,6 +51,21 @@ def evaluate_spider(data_dir: Path, model: str = "default", device: str = "auto"
     report = spider_metrics(studies, predictions) | report
     report["per_manufacturer"] = by_manufacturer(studies, predictions)
     report["layout"] = "spider"
+    return report
+
+
+def evaluate_lsmri(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
+    """LSMRI's discs (centre points and the annotators' labels), matched by level name; an unreadable slice is
+    unanswered, its discs missed and called normal."""
+    studies = load_lsmri(data_dir)
+    if studies and all(st.path is None for st in studies):
+        raise FileNotFoundError(f"none of the {len(studies)} labelled slices is among the files under {data_dir}")
+    analyzer = Analyzer.load(model, device, int8=int8)
+    answers, report = answer_all(analyzer, studies)
+    predictions = {st.instance_uid: levels for st, (levels, _) in zip(studies, answers, strict=True) if levels}
+    report = lsmri_metrics(studies, predictions) | report
+    report["per_manufacturer"] = by_manufacturer(studies, predictions, lsmri_metrics)
+    report["layout"] = "lsmri"
     return report
 
 

@@ -83,36 +83,52 @@ class SpiderStudy:
 
 
 def is_spider(data: Path) -> bool:
-    return Path(data).is_dir() and (Path(data) / "labels.csv").is_file()
+    return Path(data).is_dir() and (Path(data) / "labels.csv").is_file() and "step_px" not in labels_header(data)
+
+
+def labels_header(data: Path) -> list[str]:
+    with open(Path(data) / "labels.csv", newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def read_labels(data: Path) -> list[tuple[Path | None, list[dict[str, str]]]]:
+    """The rows of a labels.csv folder grouped by slice, in file order, with the slice's file: `images/<patient>/
+    <series>.dcm`, else found by its SOP Instance UID anywhere under the folder, else None (scored as unanswered).
+    Shared by SPIDER's layout and LSMRI's."""
+    data = Path(data)
+    groups: dict[str, list[dict[str, str]]] = {}
+    with open(data / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            groups.setdefault(row["sop_instance_uid"], []).append(row)
+    index: dict[str, Path] | None = None
+    out = []
+    for uid, rows in groups.items():
+        path: Path | None = data / "images" / rows[0]["patient"] / f"{rows[0]['series']}.dcm"
+        if path is None or not path.is_file():
+            if index is None:
+                from ai.data import index_instances
+
+                index = index_instances(data)
+            path = index.get(uid)
+        out.append((path, rows))
+    return out
 
 
 def load_spider(data: Path) -> list[SpiderStudy]:
-    """Studies of a SPIDER folder, in the order of labels.csv; the image of a row is `images/<patient>/<series>.dcm`,
-    else found by its SOP Instance UID anywhere under the folder, else None (scored as unanswered)."""
-    data = Path(data)
-    studies: dict[str, SpiderStudy] = {}
-    index: dict[str, Path] | None = None
-    with open(data / "labels.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            uid = row["sop_instance_uid"]
-            st = studies.get(uid)
-            if st is None:
-                path: Path | None = data / "images" / row["patient"] / f"{row['series']}.dcm"
-                if path is None or not path.is_file():
-                    if index is None:
-                        from ai.data import index_instances
-
-                        index = index_instances(data)
-                    path = index.get(uid)
-                st = studies[uid] = SpiderStudy(
-                    row["patient"],
-                    row["study_uid"],
-                    uid,
-                    path,
-                    spacing_flags=[s for s in row.get("spacing_flags", "").split(";") if s],
-                )
+    """Studies of a SPIDER folder, in the order of labels.csv (`read_labels` finds each slice's file)."""
+    out = []
+    for path, rows in read_labels(data):
+        first = rows[0]
+        st = SpiderStudy(
+            first["patient"],
+            first["study_uid"],
+            first["sop_instance_uid"],
+            path,
+            spacing_flags=[s for s in first.get("spacing_flags", "").split(";") if s],
+        )
+        for row in rows:
             st.discs[row["level"]] = SpiderDisc(row["level"], {k: int(row[k]) for k in GRADE_FIELDS if row.get(k, "")})
-    out = list(studies.values())
+        out.append(st)
     read_manufacturers(out)
     return out
 
@@ -181,16 +197,20 @@ def spider_metrics(studies: list[SpiderStudy], predictions: dict[str, list[dict[
     return out
 
 
-def by_manufacturer(studies: list[SpiderStudy], predictions: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The same figures per scanner manufacturer (Philips' two spellings as one): where a model carries over."""
-    groups: dict[str, list[SpiderStudy]] = {}
+def by_manufacturer(
+    studies: list[Any], predictions: dict[str, list[dict[str, Any]]], metrics: Any = None
+) -> dict[str, Any]:
+    """The same figures (`metrics`, default SPIDER's) per scanner manufacturer (Philips' two spellings as one):
+    where a model carries over."""
+    metrics = metrics or spider_metrics
+    groups: dict[str, list[Any]] = {}
     for st in studies:
         name = "Philips" if st.manufacturer.lower().startswith("philips") else (st.manufacturer or "unknown")
         groups.setdefault(name, []).append(st)
-    return {name: spider_metrics(group, predictions) for name, group in sorted(groups.items())}
+    return {name: metrics(group, predictions) for name, group in sorted(groups.items())}
 
 
-def read_manufacturers(studies: list[SpiderStudy]) -> None:
+def read_manufacturers(studies: list[Any]) -> None:
     """Each slice's Manufacturer from its header (the figures per scanner make)."""
     for st in studies:
         if st.path is not None:

@@ -193,6 +193,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for k, v in report.get("per_class", {}).items():
             print(f"  F1 {k:12s} {v['f1']:.3f}  (tp {v['tp']}, fp {v['fp']}, fn {v['fn']})")
         for name, m in report.get("per_manufacturer", {}).items():
+            if report.get("layout") == "lsmri":
+                print(
+                    f"  {name}: {m['lsmri_studies']} studies, points within 0.175 steps "
+                    f"{m['lsmri_loc_within_0175_step']}, bulge balanced accuracy {m['lsmri_bulge_balanced_accuracy']}, "
+                    f"stenosis AUC {m['lsmri_stenosis_auc']}, Pfirrmann exact {m['lsmri_pfirrmann_accuracy']}"
+                )
+                continue
             print(
                 f"  {name}: {m['studies']} studies, abnormal balanced accuracy "
                 f"{m['spider_abnormal_balanced_accuracy']}, "
@@ -301,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         required=True,
         help="folder with *_annotation.json file(s) and the images, or one annotation file (Tianchi); "
-        "or a folder with labels.csv and images/ (SPIDER's graded discs)",
+        "or a folder with labels.csv and images/ (SPIDER's graded discs; LSMRI's disc points when labels.csv has "
+        "x, y and step_px)",
     )
     sp.add_argument("--model", default="default", help="name under ai/weights or a folder")
     sp.add_argument("--device", default="auto")
