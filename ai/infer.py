@@ -38,6 +38,7 @@ from ai.models import (
     decode_heatmaps,
 )
 from ai.results import LevelResult, Located
+from ai.stenosis import StenosisHead
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 log = structlog.get_logger("ai.infer")
@@ -164,6 +165,7 @@ class Analyzer:
             raise ValueError("a model needs at least one locating member")
         self.locators, self.graders, self.tianchi = locators, graders, tianchi
         self.decision, self.meta, self.device = decision, meta, locators[0].device
+        self.stenosis = StenosisHead.from_dict(meta.get("stenosis_head"))  # canal stenosis, where the model has it
 
     @property
     def version(self) -> str:
@@ -252,6 +254,10 @@ class Analyzer:
                 if grade is not None
                 else None
             )
+            stenosis = None
+            if findings is not None and self.stenosis is not None:
+                findings["stenosis"] = self.stenosis.probability(probs[i], level)
+                stenosis = findings["stenosis"] >= self.stenosis.threshold
             out.append(
                 LevelResult(
                     level,
@@ -265,6 +271,7 @@ class Analyzer:
                     grade,
                     grade_conf,
                     findings,
+                    stenosis,
                 )
             )
         return out

@@ -56,10 +56,12 @@ def is_abnormal(kind: str, labels: list[str]) -> bool:
 PFIRRMANN_ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V"}
 
 
-def describe(level: str, labels: list[str], pfirrmann: int | None = None) -> str:
-    """Readable finding text, e.g. 'L4-L5: protrusion, Schmorl's node, Pfirrmann IV'."""
+def describe(level: str, labels: list[str], pfirrmann: int | None = None, stenosis: bool | None = None) -> str:
+    """Readable finding text, e.g. 'L4-L5: protrusion, Schmorl's node, canal stenosis, Pfirrmann IV'."""
     kind = level_kind(level)
     words = [LABEL_TEXT.get((kind, label), label) for label in labels] or ["not graded"]
+    if stenosis:
+        words.append("canal stenosis")
     if pfirrmann in PFIRRMANN_ROMAN:
         words.append(f"Pfirrmann {PFIRRMANN_ROMAN[pfirrmann]}")
     return f"{level}: {', '.join(words)}"

@@ -21,7 +21,14 @@ class LevelResult:
     agreement: float = 1.0  # share of an ensemble's landmark nets within AGREE_SPACINGS of the median point
     pfirrmann: int | None = None  # disc degeneration grade 1..5 (a grader with SPIDER heads; None for a vertebra)
     pfirrmann_confidence: float | None = None
-    findings: dict[str, float] | None = None  # a disc's other SPIDER findings: probability of each (model card)
+    findings: dict[str, float] | None = None  # a disc's other findings (SPIDER's, stenosis): probability of each
+    stenosis: bool | None = None  # spinal canal stenosis called at the model's operating point (None: no such head)
+
+    @property
+    def outlined(self) -> bool:
+        """Marked as abnormal in the GSPS and the previews: a disc graded abnormal or called stenotic (vertebral
+        degeneration is too common to outline)."""
+        return self.kind == "disc" and (any(label != "v1" for label in self.labels) or bool(self.stenosis))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -25,10 +25,14 @@ LABELS = {"L4-L5": ["v3", "v5"], "L5-S1": ["v2"], "L3": ["v2"]}
 PFIRRMANN = {"L4-L5": 4, "L5-S1": 3}
 
 
-def levels(agreement: float = 1.0, pfirrmann: bool = True) -> list[LevelResult]:
+STENOSIS = {"L4-L5": 0.81, "L3-L4": 0.72}  # L3-L4: a stenosis on a disc graded normal
+
+
+def levels(agreement: float = 1.0, pfirrmann: bool = True, stenosis: bool = False) -> list[LevelResult]:
     out = []
     for i, lv in enumerate(LEVELS):
         grade = PFIRRMANN.get(lv, 2) if pfirrmann and level_kind(lv) == "disc" else None
+        p = STENOSIS.get(lv, 0.1) if stenosis and level_kind(lv) == "disc" else None
         out.append(
             LevelResult(
                 lv,
@@ -41,6 +45,8 @@ def levels(agreement: float = 1.0, pfirrmann: bool = True) -> list[LevelResult]:
                 agreement,
                 grade,
                 0.66 if grade else None,
+                None if p is None else {"modic": 0.1, "stenosis": p},
+                None if p is None else p >= 0.5,
             )
         )
     return out
@@ -144,6 +150,35 @@ def test_gsps_passes_dciodvfy_and_dcmpschk_and_draws_the_findings(tmp_path: Path
             assert any(abs(x - cx) < 0.01 and abs(y - cy) < 0.01 for cx, cy in coords), (level, x, y)
     normal = [v for v in lv if v.level == "L1-L2"][0]
     assert any(abs(normal.x - cx) < 0.01 and abs(normal.y - cy) < 0.01 for cx, cy in coords)
+
+
+def test_canal_stenosis_is_a_coded_finding_in_the_sr_and_a_label_in_the_gsps(tmp_path: Path):
+    import highdicom as hd
+
+    src, src_path = source(tmp_path)
+    ids = OutputIds(src.StudyInstanceUID, 1)
+    sr_path = write(build_sr(src, levels(stenosis=True), "t", ids), tmp_path / "sr.dcm")
+    pr_path = write(build_gsps(src, levels(stenosis=True), "t", ids), tmp_path / "pr.dcm")
+    assert dciodvfy_errors(sr_path) == [] and dciodvfy_errors(pr_path) == []
+    assert pixelmed_errors(sr_path) == []
+    groups = {g.tracking_identifier: g for g in hd.sr.srread(sr_path).content.get_planar_roi_measurement_groups()}
+    g = groups["L4-L5: protrusion, Schmorl's node, canal stenosis, Pfirrmann IV"]
+    evaluations = {(e.name.value, e.name.scheme_designator): e.value.meaning for e in g.get_qualitative_evaluations()}
+    assert evaluations[("76107001", "SCT")] == "Present"
+    assert {m.name.meaning: m.value for m in g.get_measurements()}["Spinal stenosis probability"] == 0.81
+    below = groups["L2-L3: normal, Pfirrmann II"]  # probability 0.1: no call, the probability still reported
+    assert ("76107001", "SCT") not in {
+        (e.name.value, e.name.scheme_designator) for e in below.get_qualitative_evaluations()
+    }
+    dump = subprocess.run(
+        ["dcmp2pgm", "-v", "-p", str(pr_path), str(src_path), "/dev/null"], capture_output=True, text=True, timeout=60
+    )
+    text = dump.stdout + dump.stderr
+    # the stenotic disc graded normal is outlined and labelled too
+    assert (
+        "L3-L4: normal, canal stenosis, Pfirrmann II" in text
+        and "L4-L5: protrusion, Schmorl's node, canal stenosis" in text
+    )
 
 
 def test_gsps_keeps_a_monochrome1_image_the_right_way_round(tmp_path: Path):

@@ -4,6 +4,7 @@ slice decoded, screenshots inspected; names and images only for a signed-in user
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,9 @@ def test_the_results_page_in_chromium(node_factory, browser, tmp_path: Path):
     browser.get(base + "/jobs/1")
     levels = browser.find_elements(By.CSS_SELECTOR, "#levels tbody tr")
     assert [r.text.split()[0] for r in levels][:3] == ["T12-L1", "L1", "L1-L2"] and len(levels) == 11
+    stenosis = {r.text.split()[0]: r.find_element(By.CSS_SELECTOR, "td.stenosis").text for r in levels}
+    assert all(re.fullmatch(r"(yes|no) \(\d\.\d\d\)", v) for k, v in stenosis.items() if "-" in k), stenosis
+    assert all(v == "" for k, v in stenosis.items() if "-" not in k)  # vertebrae: no canal stenosis reading
     assert "Research use only" in browser.page_source and "T2 SAG" in browser.page_source
     img = browser.find_element(By.ID, "slice")
     WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].complete", img))

@@ -54,6 +54,11 @@ PFIRRMANN = {
 CONFIDENCE = _private("DN100", "Algorithm confidence")
 PFIRRMANN_CONFIDENCE = _private("DN102", "Pfirrmann grade confidence")
 LOCALISATION = _private("DN101", "Localisation confidence")
+# SNOMED CT 76107001 |Spinal stenosis (disorder)|: not in pydicom's dictionary; checked against three public
+# mappings (ICD-10 M48.00 "Spinal stenosis, site unspecified", and two clinical NLP code lists). The finding site of
+# its ROI group (the disc level) says where.
+STENOSIS = CodedConcept("76107001", "SCT", "Spinal stenosis")
+STENOSIS_PROBABILITY = _private("DN103", "Spinal stenosis probability")
 UNITLESS = CodedConcept("1", "UCUM", "no units")
 PROCEDURE = codes.cid100.MRIUnspecifiedBodyRegion
 PROCESSING_EQUIPMENT = CodedConcept("109102", "DCM", "Processing Equipment")

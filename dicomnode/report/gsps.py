@@ -18,7 +18,7 @@ from highdicom.pr import (
 from pydicom.dataset import Dataset
 
 from ai.imaging import spine_geometry
-from ai.labels import describe, is_abnormal
+from ai.labels import describe
 from ai.results import LevelResult, numbering_uncertain
 from dicomnode import __version__
 from dicomnode.report.common import (
@@ -54,7 +54,7 @@ def outline(levels: list[LevelResult]) -> dict[str, np.ndarray]:
 
 def label_text(lv: LevelResult) -> str:
     """'L4-L5: protrusion, Pfirrmann IV': what a reader sees beside the outline."""
-    return describe(lv.level, lv.labels, lv.pfirrmann)
+    return describe(lv.level, lv.labels, lv.pfirrmann, lv.stenosis)
 
 
 def polarity(source: Dataset) -> PresentationLUTTransformation:
@@ -98,7 +98,7 @@ def build_gsps(
     normal_layer = GraphicLayer("LEVELS", 2, "Other levels (AI)", NORMAL_COLOUR)
     abnormal_objs, abnormal_text, normal_objs = [], [], []
     for lv in levels:
-        if lv.kind == "disc" and is_abnormal(lv.kind, lv.labels):  # vertebral degeneration is too common to outline
+        if lv.outlined:
             abnormal_objs.append(
                 GraphicObject(
                     GraphicTypeValues.ELLIPSE, clip(shapes[lv.level]).astype(np.float32), AnnotationUnitsValues.PIXEL

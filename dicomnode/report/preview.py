@@ -9,7 +9,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ai.imaging import normalise
-from ai.labels import is_abnormal
 from ai.results import LevelResult, numbering_uncertain
 from dicomnode.report.gsps import label_text, outline
 
@@ -23,7 +22,7 @@ def render(pixels: np.ndarray, levels: list[LevelResult], upscale: bool = True) 
     shapes = outline(levels)
     for lv in levels:
         x, y = float(lv.x * scale), float(lv.y * scale)
-        if lv.kind == "disc" and is_abnormal(lv.kind, lv.labels):
+        if lv.outlined:
             pts = shapes[lv.level] * scale
             rx = float(np.linalg.norm(pts[1] - pts[0])) / 2
             ry = float(np.linalg.norm(pts[3] - pts[2])) / 2

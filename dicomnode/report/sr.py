@@ -78,7 +78,15 @@ def build_sr(
                     algorithm_id=algorithm,
                 )
             )
-        text = describe(lv.level, lv.labels, lv.pfirrmann) + caveat
+        if lv.stenosis:
+            evaluations.append(QualitativeEvaluation(C.STENOSIS, C.PRESENT))
+        if lv.findings and "stenosis" in lv.findings:
+            measurements.append(
+                Measurement(
+                    C.STENOSIS_PROBABILITY, round(float(lv.findings["stenosis"]), 4), C.UNITLESS, algorithm_id=algorithm
+                )
+            )
+        text = describe(lv.level, lv.labels, lv.pfirrmann, lv.stenosis) + caveat
         groups.append(
             PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=text),

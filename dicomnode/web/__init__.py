@@ -181,8 +181,8 @@ class ResultsPage:
                 select(db.job_events).where(db.job_events.c.job_id == job_id).order_by(db.job_events.c.id)
             ).all()
         levels = json.loads(row.result) if row.result else []
-        for lv in levels:  # "L4-L5: protrusion, Pfirrmann IV" as the GSPS labels it, less the level
-            lv["finding"] = describe(lv["level"], lv["labels"]).split(": ", 1)[1]
+        for lv in levels:  # "L4-L5: protrusion, canal stenosis" as the GSPS labels it, less the level and grade
+            lv["finding"] = describe(lv["level"], lv["labels"], None, lv.get("stenosis")).split(": ", 1)[1]
         decision = json.loads(row.selection) if row.selection else None
         return _page(
             "job.html",
