@@ -29,7 +29,7 @@ class CompletionRule:
         self.cfg = cfg
         self.engine = engine
         self.store = store
-        self._early_cache: dict[tuple[str, int], bool] = {}
+        self._early_cache: dict[tuple[str, int], tuple[bool, bool]] = {}
 
     def tick(self, now: float | None = None) -> None:
         now = now or time.time()
@@ -62,8 +62,12 @@ class CompletionRule:
                     why = f"study quiet for {quiet:.0f}s"
                 elif now - st.first_received >= sc.max_wait_seconds:
                     why = f"maximum wait of {sc.max_wait_seconds:.0f}s reached"
-                elif quiet >= sc.series_quiet_seconds and self._series_complete(st.study_uid, st.instances):
-                    why = f"sagittal T2 series complete (quiet {quiet:.0f}s)"
+                elif quiet >= min(sc.series_quiet_seconds, sc.announced_quiet_seconds):
+                    complete, announced = self._series_complete(st.study_uid, st.instances)
+                    if announced and quiet >= sc.announced_quiet_seconds:
+                        why = f"sagittal T2 series complete with the count the scanner announced (quiet {quiet:.1f}s)"
+                    elif complete and quiet >= sc.series_quiet_seconds:
+                        why = f"sagittal T2 series complete (quiet {quiet:.1f}s)"
                 if why:
                     with self.engine.begin() as conn:
                         db.set_job_state(conn, job.id, JobState.QUEUED, why, only_from=JobState.WAITING)
@@ -81,14 +85,16 @@ class CompletionRule:
             for state, n in db.open_job_counts(conn).items():
                 metrics.JOBS.labels(state=state).set(n)
 
-    def _series_complete(self, study_uid: str, instances: int) -> bool:
+    def _series_complete(self, study_uid: str, instances: int) -> tuple[bool, bool]:
+        """(complete-looking, provably complete) of the study's sagittal T2 series at this instance count."""
         key = (study_uid, instances)
         if key not in self._early_cache:
             with self.engine.connect() as conn:
                 files = db.instance_paths(conn, self.store.root, study_uid)
-            self._early_cache[key] = select_series(files).complete
+            chosen = select_series(files)
             if len(self._early_cache) > 1000:
                 self._early_cache.clear()
+            self._early_cache[key] = (chosen.complete, chosen.announced)
         return self._early_cache[key]
 
     def _maybe_new_revision(self, job: Any, st: Any) -> None:

@@ -106,9 +106,10 @@ class TLSConfig:
 @dataclass(config=STRICT)
 class SchedulerConfig:
     study_quiet_seconds: StrictFloat = Field(default=60, ge=0)
-    series_quiet_seconds: StrictFloat = Field(default=15, ge=0)
+    series_quiet_seconds: StrictFloat = Field(default=2, ge=0)
+    announced_quiet_seconds: StrictFloat = Field(default=0, ge=0)
     max_wait_seconds: StrictFloat = Field(default=900, ge=0)
-    poll_seconds: StrictFloat = Field(default=2, gt=0)
+    poll_seconds: StrictFloat = Field(default=0.5, gt=0)
     workers: StrictInt = Field(default=1, ge=1)
     lease_seconds: StrictFloat = Field(default=30, ge=3)  # a job's worker renews its lease; expired, another takes it
 

@@ -113,7 +113,7 @@ class Scheduler:
                     continue
                 self.worker.work(*claimed)
             except Exception as exc:  # noqa: BLE001 - a worker never dies; the job keeps its state and resumes
-                log.error("worker error", error=type(exc).__name__, detail=str(exc)[:200])
+                logs.failure(log, "worker error", exc)
                 self.stopping.wait(self.cfg.scheduler.poll_seconds)
 
     def stop(self) -> None:

@@ -160,6 +160,7 @@ class Selection:
     considered: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
     repairs: list[str] = field(default_factory=list)  # what was read around a gap in the headers, one line each
+    announced: bool = False  # complete with the count the scanner announced: provably, not only by its look
 
     def record(self, **chosen: Any) -> SelectionRecord:
         """What is kept of the choice in the job (`chosen`: the analysed slice, frame, scores, orientation)."""
@@ -307,19 +308,22 @@ def order_stack(info: SeriesInfo) -> tuple[list[Header], str | None]:
     return [h for _, h in sorted(zip(pos, info.headers, strict=True), key=lambda t: t[0])], None
 
 
-def stack_complete(info: SeriesInfo, ordered: list[Header]) -> bool:
-    """Contiguous even spacing, and the count announced by ImagesInAcquisition when the scanner gives it."""
+def stack_complete(info: SeriesInfo, ordered: list[Header]) -> tuple[bool, bool]:
+    """(complete-looking, provably complete): a contiguous, evenly spaced stack; provably so when the scanner
+    announced its count (ImagesInAcquisition) and that many slices are here."""
     if len(ordered) < 3 or info.normal is None:
-        return False
+        return False, False
     try:
         pos = np.array([np.dot([float(x) for x in h.get("ImagePositionPatient")], info.normal) for h in ordered])
+        announced = int(ordered[0].get("ImagesInAcquisition") or 0)
     except (TypeError, ValueError):
-        return False
+        return False, False
     gaps = np.diff(pos)
     if np.any(gaps <= 1e-3) or gaps.max() > 1.5 * gaps.min():
-        return False
-    announced = ordered[0].get("ImagesInAcquisition")
-    return announced is None or len(ordered) >= int(announced)
+        return False, False
+    if announced and len(ordered) < announced:
+        return False, False
+    return True, bool(announced)
 
 
 def select(paths: list[Path], n_candidates: int = 3) -> Selection:
@@ -357,4 +361,5 @@ def select(paths: list[Path], n_candidates: int = 3) -> Selection:
     repairs += [repair] if repair else []
     for r in repairs:
         why += f"; {r}"
-    return Selection(best, ordered, cands, why, considered, stack_complete(best, ordered), repairs)
+    complete, announced = stack_complete(best, ordered)
+    return Selection(best, ordered, cands, why, considered, complete, repairs, announced)

@@ -48,7 +48,9 @@ class FakeAnalyzer:
 def env(tmp_path: Path):
     cfg = Config()
     cfg.node.data_dir = str(tmp_path / "var")
-    cfg.scheduler = SchedulerConfig(study_quiet_seconds=60, series_quiet_seconds=10, max_wait_seconds=600)
+    cfg.scheduler = SchedulerConfig(
+        study_quiet_seconds=60, series_quiet_seconds=10, announced_quiet_seconds=10, max_wait_seconds=600
+    )
     engine = db.open_db(cfg.data_path / "dicomnode.db")
     store = FileStore(cfg.data_path, fsync=False)
     runner = Stages.of(cfg, engine, store, FakeAnalyzer())
@@ -137,6 +139,31 @@ def test_complete_sagittal_t2_starts_early(env, tmp_path: Path):
     job = jobs(engine)[0]
     assert job.state == "queued"
     assert "series complete" in events(engine, job.id)[-1][1]
+
+
+def test_a_stack_with_the_announced_count_starts_at_once_one_without_after_the_series_quiet(env, tmp_path: Path):
+    cfg, engine, store, runner = env
+    cfg.scheduler.announced_quiet_seconds = 0  # the shipped value
+    t0 = time.time() - 1000
+    announced = write_series(tmp_path / "a", SeriesSpec("T2 SAG", slices=5), generate_uid())
+    unannounced = write_series(tmp_path / "b", SeriesSpec("T2 SAG", slices=5), generate_uid())
+    short = write_series(tmp_path / "c", SeriesSpec("T2 SAG", slices=6), generate_uid())[:5]  # 5 of 6 announced
+    for f in unannounced:
+        ds = pydicom.dcmread(f)
+        del ds.ImagesInAcquisition
+        ds.save_as(f)
+    for files in (announced, unannounced, short):
+        ingest(engine, store, files, t0)
+    runner.tick(now=t0 + 0.1)  # the jobs are made
+    runner.tick(now=t0 + 0.2)
+    state = {j.study_uid: j for j in jobs(engine)}
+    uid = lambda files: str(pydicom.dcmread(files[0]).StudyInstanceUID)  # noqa: E731
+    assert state[uid(announced)].state == "queued"
+    assert "count the scanner announced" in events(engine, state[uid(announced)].id)[-1][1]
+    assert state[uid(unannounced)].state == "waiting" and state[uid(short)].state == "waiting"
+    runner.tick(now=t0 + 10.5)
+    state = {j.study_uid: j for j in jobs(engine)}
+    assert state[uid(unannounced)].state == "queued" and state[uid(short)].state == "waiting"
 
 
 def test_incomplete_stack_waits_for_study_quiet_or_max_wait(env, tmp_path: Path):

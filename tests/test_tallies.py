@@ -64,7 +64,7 @@ def run_history(engine: Any, folder: Path, seed: int, steps: int) -> dict[str, i
     cfg.node.data_dir = str(folder)
     store = FileStore(folder, fsync=False)
     rule = CompletionRule(cfg, engine, store)
-    rule._series_complete = lambda uid, n: False  # type: ignore[method-assign]  # no files here: quiet time only
+    rule._series_complete = lambda uid, n: (False, False)  # type: ignore[method-assign]  # no files here: quiet time only
     clock = time.time()
     sops: list[tuple[str, str]] = []
     changed: dict[str, int] = {}  # what the history exercised: op -> times it changed something
