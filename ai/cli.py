@@ -13,9 +13,11 @@ import numpy as np
 from ai.data import find_annotations, load_dataset, read_slice
 from ai.evaluate import StudyResult, evaluate
 from ai.infer import Analyzer
+from ai.lsmri import METRIC_KEYS as LSMRI_KEYS
 from ai.lsmri import is_lsmri, load_lsmri, lsmri_metrics
 from ai.orient import of_dataset
-from ai.spider import by_manufacturer, is_spider, load_spider, spider_metrics
+from ai.spider import METRIC_KEYS as SPIDER_KEYS
+from ai.spider import bootstrap_ci, by_manufacturer, is_spider, load_spider, spider_metrics
 
 
 def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
@@ -50,6 +52,7 @@ def evaluate_spider(data_dir: Path, model: str = "default", device: str = "auto"
     predictions = {st.instance_uid: levels for st, (levels, _) in zip(studies, answers, strict=True) if levels}
     report = spider_metrics(studies, predictions) | report
     report["per_manufacturer"] = by_manufacturer(studies, predictions)
+    report["bootstrap_95ci"] = bootstrap_ci(studies, predictions, spider_metrics, SPIDER_KEYS)
     report["layout"] = "spider"
     return report
 
@@ -65,6 +68,7 @@ def evaluate_lsmri(data_dir: Path, model: str = "default", device: str = "auto",
     predictions = {st.instance_uid: levels for st, (levels, _) in zip(studies, answers, strict=True) if levels}
     report = lsmri_metrics(studies, predictions) | report
     report["per_manufacturer"] = by_manufacturer(studies, predictions, lsmri_metrics)
+    report["bootstrap_95ci"] = bootstrap_ci(studies, predictions, lsmri_metrics, LSMRI_KEYS)
     report["layout"] = "lsmri"
     return report
 

@@ -78,7 +78,7 @@ class Member:
     def load(cls, folder: Path, device: str = "auto", fused: bool = True, int8_grader: bool = True) -> Member:
         """fused: the networks as `for_inference` makes them (faster, same outputs; their state dicts no longer
         match the files, so a model to be saved again loads with fused=False). int8_grader: on a CPU, with fused, a
-        grader whose activation ranges were measured (`ai.quantize`) runs in int8."""
+        grader whose activation ranges were measured (`ai.training.quantize`) runs in int8."""
         meta = _meta_of(folder)
         lm: Any
         dev = pick_device(device)
@@ -105,7 +105,7 @@ class Member:
         if any(isinstance(net, torch.fx.GraphModule) for net in (self.landmarks, self.grader)):
             raise ValueError("a model loaded for inference (fused) cannot be saved: load it with fused=False")
         if self.landmarks is None:
-            raise ValueError("a grading-only ensemble member is copied by ai.ensemble, not saved")
+            raise ValueError("a grading-only ensemble member is copied by ai.training.ensemble, not saved")
         folder.mkdir(parents=True, exist_ok=True)
         half = lambda sd: {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}  # noqa: E731
         name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"

@@ -3,8 +3,8 @@
 The graders are most of a study's CPU time after the landmark nets. With int8 weights *and* activations (torch.ao
 FX post-training quantization, x86 kernels) a grader's 11 crops take about a third of the time, and on held-out
 folds its probabilities are as good (model card). The ranges need real images, which a hospital's node does not
-have, so they are measured once on the training slices (`ai.quantize`, a training tool) and stored in the member's
-model.json (`int8_activation_ranges`); here they rebuild the int8 grader without any data."""
+have, so they are measured once on the training slices (`ai.training.quantize`, a training tool) and stored in
+the member's model.json (`int8_activation_ranges`); here they rebuild the int8 grader without any data."""
 
 from __future__ import annotations
 

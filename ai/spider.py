@@ -210,6 +210,22 @@ def by_manufacturer(
     return {name: metrics(group, predictions) for name, group in sorted(groups.items())}
 
 
+def bootstrap_ci(
+    studies: list[Any], predictions: dict[str, list[dict[str, Any]]], metrics: Any, keys: list[str], n: int = 200
+) -> dict[str, list[float]]:
+    """95 % intervals of `keys` over patients drawn with replacement (one slice a patient in these sets), seed 0:
+    what a figure on this many patients could have been."""
+    rng = np.random.default_rng(0)
+    draws: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(n):
+        sample = [studies[i] for i in rng.integers(0, len(studies), len(studies))]
+        m = metrics(sample, predictions)
+        for k in keys:
+            if m.get(k) is not None:
+                draws[k].append(float(m[k]))
+    return {k: [round(float(v), 4) for v in np.percentile(d, (2.5, 97.5))] for k, d in draws.items() if d}
+
+
 def read_manufacturers(studies: list[Any]) -> None:
     """Each slice's Manufacturer from its header (the figures per scanner make)."""
     for st in studies:

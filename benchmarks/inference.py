@@ -10,7 +10,7 @@ from the headers, reading, turning each slice to the nets' orientation, locating
 `dicomnode.analyse.analyse`.
 
 --unfused: the networks as trained (BatchNorm not folded, graders fp32), the baseline for `ai.infer.for_inference`;
---fp32-graders: folded, but the graders in fp32 instead of int8 (`ai.quantize`).
+--fp32-graders: folded, but the graders in fp32 instead of int8 (`ai.training.quantize`).
 """
 
 from __future__ import annotations

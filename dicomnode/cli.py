@@ -187,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         for k, v in report.items():
-            if k not in ("per_class", "unanswered", "per_manufacturer"):
+            if k not in ("per_class", "unanswered", "per_manufacturer", "bootstrap_95ci"):
                 print(f"{k:34s} {v}")
         print(f"{'unanswered':34s} {len(report['unanswered'])}")
         for k, v in report.get("per_class", {}).items():
@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ai.infer import pick_device
-    from ai.train import Recipe, run, run_landmarks
+    from ai.training.train import Recipe, run, run_landmarks
 
     recipe = Recipe(
         lm_epochs=args.landmark_epochs,
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--landmarks-only",
         action="store_true",
         help="train landmark nets only (a final fit and one per fold, held-out points in oof.json): members of a "
-        "locating set for python -m ai.ensemble --locate",
+        "locating set for python -m ai.training.ensemble --locate",
     )
     sp.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     sp.add_argument("--seed", type=int, default=0)

@@ -4,7 +4,7 @@ model with each recipe's grader (the two are trained independently, on the same 
     python scripts/cv_sweep.py --data DIR --out cv/sweep --deadline 400 [--pack DIR]
 
 Every recipe runs as its own process (`worker`), so one that is still running at the deadline is stopped
-without losing the others; `ai.train.run` fits the final model first, so a recipe cut short still leaves its
+without losing the others; `ai.training.train.run` fits the final model first, so a recipe cut short still leaves its
 final model and the folds it finished. The numbers that choose the default come from here, not from taste.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ai.train import Recipe  # noqa: E402
+from ai.training.train import Recipe  # noqa: E402
 
 RECIPES: dict[str, Recipe] = {
     "base": Recipe(),  # the shipped default's recipe, as the reference
@@ -49,7 +49,7 @@ def recipe(name: str, smoke: bool = False) -> Recipe:
 def worker(name: str, data: Path, out: Path, device: str, threads: int, smoke: bool) -> None:
     import torch
 
-    from ai.train import run
+    from ai.training.train import run
 
     torch.set_num_threads(threads)
     run(data, out / name, recipe(name, smoke), log=lambda m: print(m, flush=True), device=device)
@@ -107,7 +107,7 @@ def combine(out: Path, data: Path, lm_name: str, gr_name: str, device: str) -> d
     from ai.data import load_dataset
     from ai.decide import Decision
     from ai.infer import Analyzer, Member
-    from ai.train import folds_of, predict, prepare, summarise
+    from ai.training.train import folds_of, predict, prepare, summarise
 
     cv = json.loads((out / lm_name / "cv.json").read_text()) if (out / lm_name / "cv.json").is_file() else {}
     folds = [

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ai.labels import LEVEL_INDEX  # noqa: E402
 from ai.models import FINDINGS, HERNIATION, SPIDER_FINDINGS  # noqa: E402
 from ai.spider import load_spider  # noqa: E402
-from ai.train import folds_of  # noqa: E402
+from ai.training.train import folds_of  # noqa: E402
 
 BULGING = HERNIATION + 1
 

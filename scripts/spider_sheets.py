@@ -1,9 +1,9 @@
 """Contact sheets of SPIDER's located discs, to check by eye what the grader learns from (SPIDER has no coordinates).
 
 Each tile is the lower spine of one slice with the located chain: discs used for training in red, discs left out
-(doubtful chain, `ai.joint.usable_discs`) in grey, L5-S1 in yellow, vertebrae in green; the tile's caption is the
-patient and the landmark nets' agreement at L5-S1. Also prints the counts as JSON. The sheets are derived from the
-data: write them outside the repository.
+(doubtful chain, `ai.training.joint.usable_discs`) in grey, L5-S1 in yellow, vertebrae in green; the tile's caption
+is the patient and the landmark nets' agreement at L5-S1. Also prints the counts as JSON. The sheets are derived
+from the data: write them outside the repository.
 
     .venv/bin/python scripts/spider_sheets.py --data ../shared/data/spider-t2 --out /tmp/sheets [--model default]
 """
@@ -21,9 +21,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ai.infer import Analyzer  # noqa: E402
-from ai.joint import prepare_spider  # noqa: E402
 from ai.labels import LEVEL_INDEX  # noqa: E402
 from ai.spider import load_spider  # noqa: E402
+from ai.training.joint import prepare_spider  # noqa: E402
 
 TILE, COLS, ROWS = 220, 8, 5
 

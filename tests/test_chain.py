@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from ai.chain import carry, repair_skip
-from ai.ensemble import combine_oof
 from ai.infer import _weights, store_int8
 from ai.models import Grader
+from ai.training.ensemble import combine_oof
 
 SPINE = np.stack([100.0 + 2.0 * np.arange(11), 20.0 * np.arange(11)], 1)  # a slightly tilted straight spine
 

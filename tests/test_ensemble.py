@@ -11,11 +11,11 @@ import torch
 from dicomgen import data_subset
 
 from ai.decide import Decision
-from ai.ensemble import assemble, combine_oof
 from ai.imaging import SpineBox, spine_geometry
 from ai.infer import AGREE_SPACINGS, Analyzer, Member
 from ai.models import Grader, LandmarkNet
 from ai.results import LevelResult, numbering_uncertain
+from ai.training.ensemble import assemble, combine_oof
 
 
 def _member(folder: Path, seed: int, grader: bool = True, size: int = 64) -> Path:
@@ -98,7 +98,7 @@ def test_assemble_refuses_to_write_over_a_member(tmp_path: Path):
 def _ten_studies(shared_data: Path, tmp_path: Path) -> tuple[Path, list, list[np.ndarray]]:
     """Ten annotated studies, prepared for 64-px nets, in two folds."""
     from ai.data import load_dataset
-    from ai.train import folds_of, prepare
+    from ai.training.train import folds_of, prepare
 
     data = data_subset(shared_data, tmp_path / "data", 10)
     items = prepare(load_dataset(data), 64)
@@ -108,7 +108,7 @@ def _ten_studies(shared_data: Path, tmp_path: Path) -> tuple[Path, list, list[np
 @pytest.mark.data
 def test_assemble_scores_the_members_out_of_fold_and_loads(shared_data: Path, tmp_path: Path):
     from ai.data import load_dataset
-    from ai.train import predict
+    from ai.training.train import predict
 
     data, items, val = _ten_studies(shared_data, tmp_path)
     members = []
@@ -148,7 +148,7 @@ def test_tianchi_heads_come_from_the_named_graders_and_spider_heads_from_those_t
         dict(meta, decision=Decision(disc_rule=DiscRule()).to_dict()),
         torch.device("cpu"),
     ).save(tmp_path / "j")
-    (tmp_path / "j" / "landmarks.safetensors").unlink()  # a grading-only member, as ai.ensemble copies one
+    (tmp_path / "j" / "landmarks.safetensors").unlink()  # a grading-only member, as ai.training.ensemble copies one
     spec = {"members": ["t", "j"], "locate": ["t"], "grade": ["t", "j"], "tianchi_heads": ["t"]}
     (tmp_path / "model.json").write_text(
         json.dumps({"ensemble": spec, "version": "test", "decision": Decision(disc_rule=DiscRule()).to_dict()})
@@ -203,8 +203,8 @@ def test_spine_box_past_the_slice_is_black_there():
 
 @pytest.mark.data
 def test_assemble_with_roi_locates_by_the_fold_models_checks_their_folds_and_is_kept(shared_data: Path, tmp_path: Path):
-    from ai.ensemble import roi_oof
-    from ai.train import predict
+    from ai.training.ensemble import roi_oof
+    from ai.training.train import predict
 
     data, items, val = _ten_studies(shared_data, tmp_path)
     members = []

@@ -13,9 +13,9 @@ from dicomgen import data_subset
 
 from ai.decide import LOW_ENDPLATE, UP_ENDPLATE, Decision, DiscRule
 from ai.infer import Analyzer, Member, grade_probs
-from ai.joint import usable_discs
 from ai.labels import LEVEL_INDEX, LEVELS
 from ai.models import BULGING, DISC, HERNIATION, N_GRADES, N_GRADES_BOTH, PFIRRMANN, V5, Grader, LandmarkNet
+from ai.training.joint import usable_discs
 
 SPIDER_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "spider-t2"
 
@@ -141,7 +141,7 @@ def spider_subset(folder: Path, n: int) -> Path:
 def test_run_with_spider_trains_both_heads_and_reports_both_sets(shared_data: Path, tmp_path: Path):
     if not SPIDER_DATA.is_dir():
         pytest.skip(f"SPIDER data not found at {SPIDER_DATA}")
-    from ai.train import Recipe, run
+    from ai.training.train import Recipe, run
 
     data = data_subset(shared_data, tmp_path / "data", 10)
     spider = spider_subset(tmp_path / "spider", 6)

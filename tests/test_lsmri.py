@@ -124,3 +124,22 @@ def test_the_real_folder_loads_every_disc_with_its_image():
     assert all(st.path is not None and st.path.is_file() for st in studies)
     assert sum(d.pfirrmann is not None for st in studies for d in st.discs.values()) == 1221
     assert {st.manufacturer for st in studies} == {"SIEMENS"}
+
+
+def test_bootstrap_intervals_contain_the_figure_and_shrink_with_more_patients():
+    from ai.spider import bootstrap_ci
+
+    def studies(n: int) -> tuple[list[LsmriStudy], dict]:
+        out, preds = [], {}
+        for i in range(n):
+            uid = f"1.2.{i}"
+            out.append(LsmriStudy(str(i), "1.2", uid, None, discs={"L5-S1": disc("L5-S1", 0, 0, bulge=i % 2 == 0)}))
+            preds[uid] = [said("L5-S1", 0, 0, "v2" if i % 3 == 0 else "v1")]
+        return out, preds
+
+    small, big = studies(30), studies(300)
+    ci_small = bootstrap_ci(*small, lsmri_metrics, ["lsmri_bulge_sensitivity"])["lsmri_bulge_sensitivity"]
+    ci_big = bootstrap_ci(*big, lsmri_metrics, ["lsmri_bulge_sensitivity"])["lsmri_bulge_sensitivity"]
+    figure = lsmri_metrics(*big)["lsmri_bulge_sensitivity"]
+    assert ci_big[0] <= figure <= ci_big[1]
+    assert ci_big[1] - ci_big[0] < ci_small[1] - ci_small[0]

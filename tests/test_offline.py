@@ -36,7 +36,7 @@ def test_inference_is_offline(no_network):
 
 @pytest.mark.data
 def test_training_is_offline(no_network, shared_data, tmp_path):
-    from ai import train
+    from ai.training import train
 
     torch.set_num_threads(2)
     items = train.prepare(train.load_dataset(shared_data)[:6])
@@ -49,7 +49,8 @@ def test_training_is_offline(no_network, shared_data, tmp_path):
 def test_seed_yolo_training_and_inference_are_offline(no_network, shared_data, tmp_path, monkeypatch):
     """ultralytics checks fonts, versions and telemetry over the network unless told not to."""
     pytest.importorskip("ultralytics", reason="the optional seed extra is not installed")
-    from ai import seed, train
+    from ai import seed
+    from ai.training import train
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
     items = train.prepare(train.load_dataset(shared_data)[:4])

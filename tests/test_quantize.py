@@ -16,12 +16,13 @@ from test_fused import _trained_looking
 from torch.ao.quantization import get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-from ai import int8, quantize
+from ai import int8
 from ai.data import load_dataset
 from ai.imaging import normalise
 from ai.infer import Analyzer, Member, level_crops
 from ai.labels import LEVELS
 from ai.models import Grader, LandmarkNet
+from ai.training import quantize
 
 pytestmark = pytest.mark.skipif(not int8.available(), reason="this CPU build of torch has no x86 int8 kernels")
 
@@ -122,7 +123,7 @@ def test_a_model_loads_int8_only_where_its_ranges_fit(tmp_path: Path):
 
 
 def test_the_shipped_graders_run_int8():
-    """Fails when a torch upgrade renames the activations: rerun `python -m ai.quantize` on the weights."""
+    """Fails when a torch upgrade renames the activations: rerun `python -m ai.training.quantize` on the weights."""
     model = Analyzer.load("default", "cpu")
     assert model.graders and all(int8.is_int8(m.grader) for m in model.graders) and model.int8_graders
     assert not Analyzer.load("default", "cpu", int8=False).int8_graders

@@ -13,7 +13,7 @@ from dicomgen import data_subset
 from ai.data import load_dataset
 from ai.infer import Analyzer, Member
 from ai.models import Grader, LandmarkNet
-from ai.train import Recipe, _augment, run, run_landmarks
+from ai.training.train import Recipe, _augment, run, run_landmarks
 
 
 def test_input_size_and_crop_size_round_trip(tmp_path: Path):
@@ -75,7 +75,7 @@ def test_run_writes_cv_report_and_a_final_model_with_the_tuned_decision(shared_d
 
 
 def test_a_zoom_tail_zooms_that_share_of_the_landmark_batches_further_in(monkeypatch: pytest.MonkeyPatch):
-    import ai.train as train
+    import ai.training.train as train
 
     zooms: list[tuple[float, float]] = []
     real = train._augment
@@ -106,7 +106,7 @@ def test_landmarks_only_run_writes_fold_nets_and_their_held_out_points(shared_da
     for folder in (out, out / "fold1", out / "fold2"):
         member = Member.load(folder, "cpu")
         assert member.grader is None and member.meta["recipe"]["zoom_tail"] == [0.3, 1.2, 1.5]
-    assert Analyzer.load(out, "cpu").graders == []  # a locating member: ai.ensemble --locate takes it
+    assert Analyzer.load(out, "cpu").graders == []  # a locating member: ai.training.ensemble --locate takes it
 
 
 def test_landmarks_only_refuses_what_only_a_grader_run_can_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

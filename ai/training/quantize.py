@@ -1,7 +1,7 @@
 """Measures the int8 graders' activation ranges on training slices and stores them in model.json (`ai.int8`
 rebuilds the int8 graders from them at load). A training tool: the runtime never imports it.
 
-    python -m ai.quantize --data DIR FOLDER   # FOLDER: a model folder or an ensemble's (every grading member)
+    python -m ai.training.quantize --data DIR FOLDER   # FOLDER: a model folder or an ensemble's (every grading member)
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """Assembles an ensemble model folder from trained members and scores it on their out-of-fold predictions.
 
-    python -m ai.ensemble --data DIR --out FOLDER --locate A B C --grade A B
-    python -m ai.ensemble --data DIR --spider SPIDER --out FOLDER --keep-locators ENSEMBLE --grade J1 J2 J3
-    python -m ai.ensemble --data DIR --spider SPIDER --out FOLDER --locate A B C D E --roi 2.1 --grade J1 J2 J3
+    python -m ai.training.ensemble --data DIR --out FOLDER --locate A B C --grade A B
+    python -m ai.training.ensemble --data DIR --spider SPIDER --out FOLDER --keep-locators ENSEMBLE --grade J1 J2 J3
+    python -m ai.training.ensemble --data DIR --spider SPIDER --out FOLDER --locate A B C D E --roi 2.1 --grade J1 J2 J3
 
 Each member folder holds a final model (model.json and weights) and the oof.json of its cross-validation on the
-same folds (`ai.train.folds_of`, seed 0). The ensemble's CV figures combine those held-out predictions as the
+same folds (`ai.training.train.folds_of`, seed 0). The ensemble's CV figures combine those held-out predictions as the
 ensemble combines its members (median points, mean probabilities; each grader's probabilities are those it gave
-at its own member's points, the one approximation), and its decision rule is tuned on them as `ai.train.run`
+at its own member's points, the one approximation), and its decision rule is tuned on them as `ai.training.train.run`
 tunes a single model's. Graders are copied as int8 (`ai.infer.store_int8`) and their int8 activation ranges
-measured on the data (`ai.quantize`).
+measured on the data (`ai.training.quantize`).
 
 With --spider the graders were trained on both sets (`dicomnode train --spider`): their SPIDER held-out
-probabilities (oof_spider.json) are averaged too and the decision is tuned on both sets (`ai.joint`). With
+probabilities (oof_spider.json) are averaged too and the decision is tuned on both sets (`ai.training.joint`). With
 --keep-locators the locating members of an existing ensemble are copied as they are (their fold models are gone, so
 the CV points are the grading members' own held-out points, and the locators' figures stay those recorded), and
 so is their second look (`roi_spine_lengths`). With --roi the locators look twice (`ai.infer.Analyzer.member_points`):
@@ -31,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from ai import joint
 from ai.chain import carry, repair_skip
 from ai.data import load_dataset
 from ai.decide import Decision
 from ai.infer import Analyzer, Member, combine_grades, store_int8
 from ai.int8 import RANGES_KEY
-from ai.quantize import calibrate_folder
 from ai.spider import load_spider
-from ai.train import folds_of, prepare, summarise
+from ai.training import joint
+from ai.training.quantize import calibrate_folder
+from ai.training.train import folds_of, prepare, summarise
 
 
 def combine_oof(

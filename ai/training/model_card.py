@@ -1,6 +1,6 @@
 """Renders the cross-validation tables of a training report (cv.json) as Markdown for the model card.
 
-python -m ai.model_card ai/weights/default/cv.json
+python -m ai.training.model_card ai/weights/default/cv.json
 """
 
 from __future__ import annotations

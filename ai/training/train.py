@@ -17,18 +17,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ai import joint
-from ai.calibrate import calibration_error, fit_temperatures
 from ai.data import Item, load_dataset, prepare
 from ai.decide import Decision
 from ai.evaluate import HIT_MM, METRIC_KEYS, evaluate, results_for
 from ai.imaging import INPUT_SIZE
 from ai.infer import Analyzer, Member, level_crops
-from ai.joint import SpiderItem, spider_targets
 from ai.labels import DISC_MAIN_LABELS, LEVELS, level_kind
 from ai.models import CROP_SIZE, DISC, HEATMAP_STRIDE, N_GRADES, N_GRADES_BOTH, V5, VERT, Grader, LandmarkNet
-from ai.quantize import calibrate_folder
 from ai.spider import load_spider
+from ai.training import joint
+from ai.training.calibrate import calibration_error, fit_temperatures
+from ai.training.joint import SpiderItem, spider_targets
+from ai.training.quantize import calibrate_folder
 
 Log = Callable[[str], None]
 
@@ -93,15 +93,23 @@ def _heatmap_loss(logits: torch.Tensor, pts: torch.Tensor, mask: torch.Tensor, s
 
 
 def train_landmarks(
-    items: list[Item], epochs: int, seed: int, log: Log, recipe: Recipe = Recipe(), device: str = "cpu"
+    items: list[Item],
+    epochs: int,
+    seed: int,
+    log: Log,
+    recipe: Recipe = Recipe(),
+    device: str = "cpu",
+    init: LandmarkNet | None = None,
+    max_lr: float = 2e-3,
 ) -> LandmarkNet:
+    """init: a trained net to go on from (fine-tuning, at a lower max_lr) instead of a new one."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = LandmarkNet(recipe.width).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    net = (init if init is not None else LandmarkNet(recipe.width)).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=max_lr, weight_decay=1e-4)
     bs = 8
     steps = epochs * math.ceil(len(items) / bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=0.15)
     x_all = torch.stack([it.net_in for it in items]).to(device)
     p_all = torch.tensor(np.stack([it.box.to_input(it.xy) for it in items]), dtype=torch.float32, device=device)
     m_all = torch.tensor(np.stack([it.mask for it in items]), device=device)
@@ -297,7 +305,7 @@ def folds_of(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def held_out(k: int, items: Sequence[Item], val: np.ndarray) -> dict[str, Any]:
-    """What a fold model records of its fold, so that `ai.ensemble.same_fold` can refuse a model that saw its
+    """What a fold model records of its fold, so that `ai.training.ensemble.same_fold` can refuse a model that saw its
     held-out studies."""
     return {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]}
 
@@ -358,7 +366,7 @@ def summarise(
 ) -> dict[str, Any]:
     """CV figures from out-of-fold predictions: each fold scored with a decision tuned on the other folds. With
     spider (items, out-of-fold predictions, folds), fold k of both sets is held out together and the decision is
-    tuned on both (`ai.joint.tune_joint`)."""
+    tuned on both (`ai.training.joint.tune_joint`)."""
     if spider is not None:
         return joint.summarise_joint(items, oof, splits, *spider) | _calibration(items, oof, splits)
     report: dict[str, Any] = {}
@@ -409,7 +417,7 @@ def run_landmarks(
     log: Log = print,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Landmark nets only, for a locating set (`ai.ensemble --locate`): a final fit, then one net per fold (the
+    """Landmark nets only, for a locating set (`ai.training.ensemble --locate`): a final fit, then one net per fold (the
     folds and seeds of `run`) with its held-out points in oof.json and within 6 mm per fold in cv.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     items = prepare(load_dataset(data_dir), recipe.input_size)
