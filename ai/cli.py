@@ -42,34 +42,36 @@ def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto", i
 
 
 def evaluate_spider(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
-    """SPIDER's graded discs, matched by level name (no coordinates to check); an unreadable slice is unanswered,
-    its discs called normal."""
-    studies = load_spider(data_dir)
-    if studies and all(st.path is None for st in studies):
-        raise FileNotFoundError(f"none of the {len(studies)} graded slices is among the files under {data_dir}")
-    analyzer = Analyzer.load(model, device, int8=int8)
-    answers, report = answer_all(analyzer, studies)
-    predictions = {st.instance_uid: levels for st, (levels, _) in zip(studies, answers, strict=True) if levels}
-    report = spider_metrics(studies, predictions) | report
-    report["per_manufacturer"] = by_manufacturer(studies, predictions)
-    report["bootstrap_95ci"] = bootstrap_ci(studies, predictions, spider_metrics, SPIDER_KEYS)
-    report["layout"] = "spider"
-    return report
+    """SPIDER's graded discs, matched by level name (no coordinates to check)."""
+    return evaluate_discs(load_spider(data_dir), spider_metrics, SPIDER_KEYS, "spider", data_dir, model, device, int8)
 
 
 def evaluate_lsmri(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
-    """LSMRI's discs (centre points and the annotators' labels), matched by level name; an unreadable slice is
+    """LSMRI's discs (centre points and the annotators' labels), matched by level name."""
+    return evaluate_discs(load_lsmri(data_dir), lsmri_metrics, LSMRI_KEYS, "lsmri", data_dir, model, device, int8)
+
+
+def evaluate_discs(
+    studies: list[Any],
+    metrics: Any,
+    keys: list[str],
+    layout: str,
+    data_dir: Path,
+    model: str,
+    device: str,
+    int8: bool,
+) -> dict[str, Any]:
+    """A labels.csv layout's figures, per manufacturer and with patient-bootstrap intervals; an unreadable slice is
     unanswered, its discs missed and called normal."""
-    studies = load_lsmri(data_dir)
     if studies and all(st.path is None for st in studies):
         raise FileNotFoundError(f"none of the {len(studies)} labelled slices is among the files under {data_dir}")
     analyzer = Analyzer.load(model, device, int8=int8)
     answers, report = answer_all(analyzer, studies)
     predictions = {st.instance_uid: levels for st, (levels, _) in zip(studies, answers, strict=True) if levels}
-    report = lsmri_metrics(studies, predictions) | report
-    report["per_manufacturer"] = by_manufacturer(studies, predictions, lsmri_metrics)
-    report["bootstrap_95ci"] = bootstrap_ci(studies, predictions, lsmri_metrics, LSMRI_KEYS)
-    report["layout"] = "lsmri"
+    report = metrics(studies, predictions) | report
+    report["per_manufacturer"] = by_manufacturer(studies, predictions, metrics)
+    report["bootstrap_95ci"] = bootstrap_ci(studies, predictions, metrics, keys)
+    report["layout"] = layout
     return report
 
 
