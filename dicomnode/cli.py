@@ -159,7 +159,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for lv in result.get("levels", []):
             print(
                 f"{lv['level']:7s} {lv['kind']:8s} ({lv['x']:.0f},{lv['y']:.0f}) {','.join(lv['labels'])}"
-                f" p={lv['confidence']:.2f}"
+                f" p={lv['confidence']:.2f}{' canal stenosis' if lv.get('stenosis') else ''}"
             )
         for repair in result.get("repairs", []):
             print(f"repaired: {repair}")

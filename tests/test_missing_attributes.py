@@ -173,7 +173,7 @@ def test_analyze_ends_what_it_cannot_do_with_one_line_and_status_2(tmp_path: Pat
 
 
 @settings(
-    max_examples=int(__import__("os").environ.get("PROP_N", "40")),
+    max_examples=int(__import__("os").environ.get("PROP_N", "25")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
