@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from ai.spider import BULGE, HERNIATION, _rate, labels_header, quadratic_kappa, read_labels, read_manufacturers
+from ai.spider import (
+    BULGE,
+    HERNIATION,
+    _rate,
+    disc_answers,
+    labels_header,
+    quadratic_kappa,
+    read_labels,
+    read_manufacturers,
+)
 
 LOC_STEPS = 0.175  # a point counts when within this share of the local disc step (~6 mm at a 35 mm step)
 CALLED_BULGE = set(BULGE) | set(HERNIATION)
@@ -98,36 +107,33 @@ def lsmri_metrics(studies: list[LsmriStudy], predictions: dict[str, list[dict[st
     scores, stenotic = [], []
     graded = exact = within = 0
     kt, kp = [], []
-    for st in studies:
-        named = {p["level"]: p for p in predictions.get(st.instance_uid, []) if p.get("kind", "disc") == "disc"}
-        for level, d in st.discs.items():
-            discs += 1
-            p = named.get(level)
-            unnamed += p is None
-            if p is not None:
-                near += float(np.hypot(p["x"] - d.x, p["y"] - d.y)) <= LOC_STEPS * d.step_px
-            said = {
-                "bulge": bool(p and set(p["labels"]) & CALLED_BULGE),
-                "stenosis": bool(p and p.get("stenosis")),
-            }
-            for k, truth in (("bulge", d.bulge), ("stenosis", d.stenosis)):
-                c = counts[k]
-                if truth:
-                    c[0] += said[k]
-                    c[1] += 1
-                else:
-                    c[2] += not said[k]
-                    c[3] += 1
-            scores.append(float(((p or {}).get("findings") or {}).get("stenosis", 0.0)))
-            stenotic.append(d.stenosis)
-            if d.pfirrmann is not None:
-                graded += 1
-                grade = p.get("pfirrmann") if p else None
-                if grade is not None:
-                    exact += int(grade) == d.pfirrmann
-                    within += abs(int(grade) - d.pfirrmann) <= 1
-                    kt.append(d.pfirrmann)
-                    kp.append(int(grade))
+    for d, p in disc_answers(studies, predictions):
+        discs += 1
+        unnamed += p is None
+        if p is not None:
+            near += float(np.hypot(p["x"] - d.x, p["y"] - d.y)) <= LOC_STEPS * d.step_px
+        said = {
+            "bulge": bool(p and set(p["labels"]) & CALLED_BULGE),
+            "stenosis": bool(p and p.get("stenosis")),
+        }
+        for k, truth in (("bulge", d.bulge), ("stenosis", d.stenosis)):
+            c = counts[k]
+            if truth:
+                c[0] += said[k]
+                c[1] += 1
+            else:
+                c[2] += not said[k]
+                c[3] += 1
+        scores.append(float(((p or {}).get("findings") or {}).get("stenosis", 0.0)))
+        stenotic.append(d.stenosis)
+        if d.pfirrmann is not None:
+            graded += 1
+            grade = p.get("pfirrmann") if p else None
+            if grade is not None:
+                exact += int(grade) == d.pfirrmann
+                within += abs(int(grade) - d.pfirrmann) <= 1
+                kt.append(d.pfirrmann)
+                kp.append(int(grade))
     out: dict[str, Any] = {"lsmri_studies": len(studies), "lsmri_discs": discs, "lsmri_unnamed": unnamed}
     out["lsmri_unanswered"] = sum(st.instance_uid not in predictions for st in studies)
     out["lsmri_loc_within_0175_step"] = _rate(near, discs)

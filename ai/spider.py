@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,14 @@ def quadratic_kappa(truth: Iterable[int], pred: Iterable[int], grades: tuple[int
     return round(float(1 - (w * observed).sum() / denom), 4) if denom else 0.0
 
 
+def disc_answers(studies: list[Any], predictions: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[Any, Any]]:
+    """Each labelled disc with the node's answer at its level (None where the node did not name that level)."""
+    for st in studies:
+        named = {p["level"]: p for p in predictions.get(st.instance_uid, []) if p.get("kind", "disc") == "disc"}
+        for level, d in st.discs.items():
+            yield d, named.get(level)
+
+
 def spider_metrics(studies: list[SpiderStudy], predictions: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """predictions: SOP Instance UID -> the node's levels (each with `level`, `labels`, and `pfirrmann` for a disc);
     a study missing from it was not answered. Pfirrmann figures count a disc without a predicted grade as wrong
@@ -161,29 +169,26 @@ def spider_metrics(studies: list[SpiderStudy], predictions: dict[str, list[dict[
     tn, neg = dict(tp), dict(tp)
     unnamed = discs = exact = within = 0
     kt, kp = [], []
-    for st in studies:
-        named = {p["level"]: p for p in predictions.get(st.instance_uid, []) if p.get("kind", "disc") == "disc"}
-        for level, d in st.discs.items():
-            discs += 1
-            p = named.get(level)
-            labels = set(p["labels"]) if p else set()
-            unnamed += p is None
-            said = {"herniation": bool(labels & set(HERNIATION)), "bulging": bool(labels & set(BULGE))}
-            said["abnormal"] = said["herniation"] or said["bulging"]
-            truth = {"herniation": d.herniation, "bulging": d.bulging, "abnormal": d.abnormal}
-            for k in tp:
-                if truth[k]:
-                    pos[k] += 1
-                    tp[k] += said[k]
-                else:
-                    neg[k] += 1
-                    tn[k] += not said[k]
-            grade = p.get("pfirrmann") if p else None
-            if "pfirrmann" in d.grades and grade is not None:
-                exact += int(grade) == d.grades["pfirrmann"]
-                within += abs(int(grade) - d.grades["pfirrmann"]) <= 1
-                kt.append(d.grades["pfirrmann"])
-                kp.append(int(grade))
+    for d, p in disc_answers(studies, predictions):
+        discs += 1
+        labels = set(p["labels"]) if p else set()
+        unnamed += p is None
+        said = {"herniation": bool(labels & set(HERNIATION)), "bulging": bool(labels & set(BULGE))}
+        said["abnormal"] = said["herniation"] or said["bulging"]
+        truth = {"herniation": d.herniation, "bulging": d.bulging, "abnormal": d.abnormal}
+        for k in tp:
+            if truth[k]:
+                pos[k] += 1
+                tp[k] += said[k]
+            else:
+                neg[k] += 1
+                tn[k] += not said[k]
+        grade = p.get("pfirrmann") if p else None
+        if "pfirrmann" in d.grades and grade is not None:
+            exact += int(grade) == d.grades["pfirrmann"]
+            within += abs(int(grade) - d.grades["pfirrmann"]) <= 1
+            kt.append(d.grades["pfirrmann"])
+            kp.append(int(grade))
     graded = sum("pfirrmann" in d.grades for st in studies for d in st.discs.values())
     out: dict[str, Any] = {"studies": len(studies), "discs": discs, "unnamed": unnamed}
     for k in tp:
