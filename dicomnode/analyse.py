@@ -39,6 +39,7 @@ class AnalysisError(Exception):
 @dataclass
 class Analysis:
     source: Dataset
+    header: Dataset  # the source's header as the outputs copy it (`report.source.for_outputs`)
     pixels: np.ndarray
     levels: list[LevelResult]
     selection: Selection
@@ -154,8 +155,9 @@ def analyse(paths: list[Path], analyzer: Analyzer, candidates: int = AIConfig.ca
     best = max(range(len(read)), key=lambda i: located[i].score)  # the first of equals: the middle slice
     (h, ds, pixels, turn), found = read[best], located[best]
     levels = turn.levels_to_stored(analyzer.grade_slice(found), pixels.shape)
-    repairs = selection.repairs + fixes[h.path] + for_outputs(ds)[1]
-    return Analysis(ds, pixels, levels, selection, analyzer.version, scores, turn.describe(), h.frame, repairs)
+    header, repaired = for_outputs(ds)
+    repairs = selection.repairs + fixes[h.path] + repaired
+    return Analysis(ds, header, pixels, levels, selection, analyzer.version, scores, turn.describe(), h.frame, repairs)
 
 
 def orientation_of(h: Header) -> Canonical:

@@ -13,7 +13,6 @@ from dicomnode.report.common import OutputIds
 from dicomnode.report.gsps import build_gsps, window_of
 from dicomnode.report.preview import write_png
 from dicomnode.report.sc import build_sc
-from dicomnode.report.source import for_outputs
 from dicomnode.report.sr import build_sr
 
 
@@ -36,7 +35,7 @@ def write_outputs(
     """SR and GSPS (as configured) and an optional preview PNG; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = OutputIds(str(analysis.source.StudyInstanceUID), revision)
-    source, _ = for_outputs(analysis.source)  # the repairs are the analysis's (Analysis.repairs)
+    source = analysis.header
     written = []
     if output.sr:
         sr = build_sr(source, analysis.levels, analysis.model_version, ids, analysis.frame)

@@ -14,6 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 
+from dicomnode.selection import READABLE_CLASSES
+
 # Patient and study attributes highdicom copies from the source into every output; Type 2 in the SR, GSPS and SC
 # IODs, so an empty value is legal there.
 TYPE2_COPIED = (
@@ -53,17 +55,6 @@ def numbers(ds: Dataset, keyword: str, count: int, positive: bool = False) -> li
     return values
 
 
-def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    """(row, column) mm, or None when the slice does not say (or says zero, negative, malformed)."""
-    values = numbers(ds, "PixelSpacing", 2, positive=True)
-    return (values[0], values[1]) if values else None
-
-
-MR_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
-}
 WINDOW = ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction")
 
 
@@ -111,7 +102,7 @@ def for_outputs(source: Dataset) -> tuple[Dataset, list[str]]:
         view.DeidentificationMethod = "not stated in the source"
         repairs.append("DeidentificationMethod absent in a de-identified source: written 'not stated in the source'")
     if not view.get("Modality"):  # Type 1, but its SOP class says it: nothing is guessed
-        view.Modality = "MR" if str(view.get("SOPClassUID", "")) in MR_CLASSES else "OT"
+        view.Modality = "MR" if str(view.get("SOPClassUID", "")) in READABLE_CLASSES else "OT"
         repairs.append(f"Modality absent in the source: {view.Modality}, from its SOP class")
     for keyword, (count, _) in GEOMETRY.items():
         if keyword not in view:
