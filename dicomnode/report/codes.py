@@ -62,6 +62,8 @@ STENOSIS_PROBABILITY = _private("DN103", "Spinal stenosis probability")
 UNITLESS = CodedConcept("1", "UCUM", "no units")
 PROCEDURE = codes.cid100.MRIUnspecifiedBodyRegion
 PROCESSING_EQUIPMENT = CodedConcept("109102", "DCM", "Processing Equipment")
+# IHE IOCM rejection note title (CID 7011): the receiving archive hides the objects the note references
+REJECTED_FOR_QUALITY = codes.DCM.RejectedForQualityReasons
 
 
 def coding_scheme_identification() -> list[Dataset]:

@@ -21,6 +21,7 @@ SERIES = {
     "sr": (9901, "AI spine report (SR)"),
     "gsps": (9902, "AI spine marks (GSPS)"),
     "sc": (9903, "AI spine marks (burned in)"),
+    "kos": (9904, "AI spine rejection note (KOS)"),
 }
 
 
