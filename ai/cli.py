@@ -1,5 +1,6 @@
 """`dicomnode evaluate`: a model on annotated studies, scored by the official metric (Tianchi's layout) or by
-SPIDER's graded discs (a folder with labels.csv), or LSMRI's labelled disc points (labels.csv with x, y, step_px)."""
+SPIDER's graded discs (a folder with labels.csv), or LSMRI's labelled disc points (labels.csv with x, y, step_px),
+or a site's reviews of the node's findings (labels.csv with a reviewer's `call`: `dicomnode reviews export`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ai.infer import Analyzer
 from ai.lsmri import METRIC_KEYS as LSMRI_KEYS
 from ai.lsmri import is_lsmri, load_lsmri, lsmri_metrics
 from ai.orient import of_dataset
+from ai.site import METRIC_KEYS as SITE_KEYS
+from ai.site import is_site, load_site, site_metrics
 from ai.spider import METRIC_KEYS as SPIDER_KEYS
 from ai.spider import bootstrap_ci, by_manufacturer, is_spider, load_spider, spider_metrics
 
@@ -23,7 +26,10 @@ from ai.spider import bootstrap_ci, by_manufacturer, is_spider, load_spider, spi
 def evaluate_dir(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
     """A study that cannot be answered (its image missing or undecodable) stays in the score as unanswered, all
     its points missed, and is listed under `unanswered` with the reason: a test set is never scored on a quietly
-    chosen subset. A folder with `labels.csv` is read as SPIDER's layout (`evaluate_spider`)."""
+    chosen subset. A folder with `labels.csv` is read as a site's reviews when it has a `call` column (checked first:
+    it has LSMRI's `step_px` too), as LSMRI's when it has `step_px`, else as SPIDER's layout (`evaluate_spider`)."""
+    if is_site(data_dir):
+        return evaluate_site(data_dir, model, device, int8)
     if is_spider(data_dir):
         return evaluate_spider(data_dir, model, device, int8)
     if is_lsmri(data_dir):
@@ -49,6 +55,15 @@ def evaluate_spider(data_dir: Path, model: str = "default", device: str = "auto"
 def evaluate_lsmri(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
     """LSMRI's discs (centre points and the annotators' labels), matched by level name."""
     return evaluate_discs(load_lsmri(data_dir), lsmri_metrics, LSMRI_KEYS, "lsmri", data_dir, model, device, int8)
+
+
+def evaluate_site(data_dir: Path, model: str = "default", device: str = "auto", int8: bool = True) -> dict[str, Any]:
+    """A site's reviewed discs (a reviewer's call, point, Schmorl's node, Pfirrmann grade and stenosis per disc),
+    matched by level name. Without `per_manufacturer`: `dicomnode evaluate`'s text output prints that for SPIDER's
+    and LSMRI's keys only (the JSON of the other layouts keeps it)."""
+    report = evaluate_discs(load_site(data_dir), site_metrics, SITE_KEYS, "site", data_dir, model, device, int8)
+    report.pop("per_manufacturer", None)
+    return report
 
 
 def evaluate_discs(

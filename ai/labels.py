@@ -16,6 +16,7 @@ LEVELS: tuple[str, ...] = (
     "L5-S1",
 )
 LEVEL_INDEX = {name: i for i, name in enumerate(LEVELS)}
+DISC_LEVELS: tuple[str, ...] = tuple(level for level in LEVELS if "-" in level)
 
 
 def level_kind(level: str) -> str:
@@ -47,6 +48,16 @@ LABEL_TEXT = {
     ("disc", "v4"): "extrusion",
     ("disc", "v5"): "Schmorl's node",
 }
+
+
+# A disc's call in a radiologist's words (the review form, the site layout): normal, bulge, protrusion, extrusion
+CALLS: tuple[str, ...] = tuple(LABEL_TEXT[("disc", label)] for label in DISC_MAIN_LABELS)
+CALL_OF_LABEL = dict(zip(DISC_MAIN_LABELS, CALLS, strict=True))
+
+
+def call_of(labels: list[str]) -> str:
+    """A disc's main call from its labels (Schmorl's node aside); none of them: normal."""
+    return next((CALL_OF_LABEL[label] for label in labels if label in CALL_OF_LABEL), "normal")
 
 
 def is_abnormal(kind: str, labels: list[str]) -> bool:

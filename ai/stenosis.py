@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ai.labels import LEVELS
+from ai.labels import DISC_LEVELS
 
-DISC_LEVELS = [level for level in LEVELS if "-" in level]
 EPS = 1e-4
 
 

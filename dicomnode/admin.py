@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import desc, func, select, update
+from sqlalchemy import desc, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from dicomnode import heartbeat
+from dicomnode import heartbeat, review
 from dicomnode.config import Config
 from storage import db, tallies
 from storage.states import FINAL_STATES, JobState
@@ -108,6 +108,7 @@ def collect(cfg: Config, engine: Engine | None = None) -> dict[str, Any]:
         "recent_jobs": [],
         "failures": [],
         "last_hour": {"instances": 0, "receive_rate_per_min": 0.0, "jobs_done": 0, "job_latency_s_mean": None},
+        "agreement": None,  # with the reviewers, per finding over 30 and 90 days (dicomnode.review.agreement)
     }
     with _reading(cfg, engine) as reader:
         if reader is None:
@@ -123,6 +124,8 @@ def collect(cfg: Config, engine: Engine | None = None) -> dict[str, Any]:
             done = [(r.started, r.finished) for r in finished if r.state == JobState.DONE.value]
             assoc = conn.execute(select(func.count()).where(db.associations.c.started >= hour)).scalar_one()
             facts["nodes"] = db.list_nodes(conn, since=time.time() - 86400)
+            if inspect(conn).has_table("reviews"):  # a database not yet migrated by this version has none
+                facts["agreement"] = review.agreement(conn, floor=cfg.review.agreement_floor)
         jobs = list_jobs(cfg, limit=10, engine=reader)
         failed = list_jobs(cfg, state=JobState.FAILED.value, limit=10, engine=reader)
     lat = [f - s for s, f in done if s and f]
@@ -162,6 +165,18 @@ def render(f: dict[str, Any]) -> str:
                 f"    {n['host']}:{n['pid']:<7} {n['role']:8s} {state:7s} v{n['version']}"
                 f"  heartbeat {_ago(n['heartbeat'])}  jobs running {n['jobs_running']}"
             )
+    agreement = (f.get("agreement") or {}).get("30d")
+    if agreement and agreement["discs"]:
+        shares = [
+            f"{name} {agreement[name]['agreement']:.0%} of {agreement[name]['n']}"
+            for name in review.FINDINGS
+            if agreement[name]["agreement"] is not None
+        ]
+        low = f["agreement"]["below_floor"]
+        lines.append(
+            f"  agreement with reviewers (30 days, {agreement['reviews']} reviews): {', '.join(shares)}"
+            + (f"  BELOW FLOOR: {', '.join(low)}" if low else "")
+        )
     if f["recent_jobs"]:
         lines.append("  recent jobs:")
         for j in f["recent_jobs"]:

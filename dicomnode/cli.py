@@ -1,4 +1,4 @@
-"""Command line: `dicomnode serve|status|echo|jobs|retry|reprocess|analyze|evaluate|train`.
+"""Command line: `dicomnode serve|status|echo|jobs|retry|reprocess|analyze|evaluate|train|audit|reviews`.
 
 Names, flags and JSON keys here are a stable contract: outside scripts depend on them. --json output goes
 alone to stdout; logs go to stderr."""
@@ -105,6 +105,40 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from storage import audit, db
+
+    cfg = _config(args)
+    engine = db.open_db_readonly(cfg.database_target)
+    with engine.connect() as conn:
+        rows = audit.recent(conn, args.limit, args.action)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows or []:
+        job = f"job {r['job_id']}" if r["job_id"] is not None else ""
+        detail = " ".join(f"{k}={v}" for k, v in (r["detail"] or {}).items())
+        print(f"{r['time']}  {r['action']:8s} {r['outcome']:8s} {r['username'] or '-':16s} {job:10s} {detail}".rstrip())
+    if not rows:
+        print("no audit entries")
+    return 0
+
+
+def cmd_reviews_export(args: argparse.Namespace) -> int:
+    import getpass
+
+    from dicomnode import review
+    from storage import audit, db
+
+    cfg = _config(args)
+    engine = db.open_db(cfg.database_target)
+    with engine.begin() as conn:
+        counts = review.export(conn, cfg.data_path, Path(args.out))
+        audit.record(conn, "export", f"os:{getpass.getuser()}", detail=counts)
+    print(json.dumps(dict(counts, out=str(args.out))))
+    return 0
+
+
 def analyze_path(path: Path, out: Path, ai: Any = None, output: Any = None, png: bool = False) -> dict[str, Any]:
     """The service's stages 3-5 on a folder, without network or database. ai and output as in the service's
     configuration (defaults: the bundled ones), so an admin can reproduce what the node did with its settings."""
@@ -209,7 +243,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_site(args: argparse.Namespace) -> int:
+    """`train --site`: the named model's operating points re-tuned on a site's reviews, written as a new model."""
+    given = {"--data": args.data, "--spider": args.spider, "--landmarks-only": args.landmarks_only}
+    given |= {"--landmarks-from": args.landmarks_from, "--no-final": args.no_final}
+    if other := [flag for flag, value in given.items() if value]:
+        print(f"dicomnode train: --site re-tunes operating points only; drop {', '.join(other)}", file=sys.stderr)
+        return 2
+    from ai.training.site import retune
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    cfg = load_config(args.config) if args.config else None
+    out = Path(args.out) if args.out else None
+    if out is None and cfg is not None:  # beside the node's data, where `[ai] model` can name it
+        import datetime
+
+        out = cfg.data_path / "models" / f"site-{datetime.date.today():%Y%m%d}"
+    try:
+        report = retune(Path(args.site), args.model, out, args.folds, args.device, log)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dicomnode train: {exc}", file=sys.stderr)
+        return 2
+    if cfg is not None:  # the node's audit records who re-tuned, on how many discs, into which folder's version
+        import getpass
+
+        from storage import audit, db
+
+        with db.open_db(cfg.database_target).begin() as conn:
+            counts = {k: report[k] for k in ("studies", "discs", "reviewers")}
+            audit.record(conn, "retune", f"os:{getpass.getuser()}", detail=dict(counts, version=report["version"]))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.site:
+        return train_site(args)
+    if not args.data or not args.out:
+        print("dicomnode train: --data and --out are required (or --site DIR)", file=sys.stderr)
+        return 2
     from ai.infer import pick_device
     from ai.training.train import Recipe, run, run_landmarks
 
@@ -281,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id", type=int)
     sp = add("reprocess", cmd_reprocess, "run a study again as a new job revision")
     sp.add_argument("study_uid")
+    sp = add("audit", cmd_audit, "sign-ins, reviews, rejections, exports and re-tunes: who, when, which job")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--action", help="only this action (sign_in, review, reject, export, retune)")
+    sp = add("reviews", lambda _: 2, "the radiologists' reviews", config=False)
+    reviews = sp.add_subparsers(dest="reviews_command", required=True)
+    ex = reviews.add_parser("export", help="the reviewed studies as a folder `dicomnode evaluate --data` scores")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--config", help="TOML file (default: $DICOMNODE_CONFIG, else the bundled one)")
+    ex.set_defaults(func=cmd_reviews_export)
     sp = add("analyze", cmd_analyze, "one study's files in, SR + GSPS out (no network)", config=False)
     sp.add_argument("path")
     sp.add_argument("--out", required=True)
@@ -309,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="folder with *_annotation.json file(s) and the images, or one annotation file (Tianchi); "
         "or a folder with labels.csv and images/ (SPIDER's graded discs; LSMRI's disc points when labels.csv has "
-        "x, y and step_px)",
+        "x, y and step_px; a site's reviewed discs, `dicomnode reviews export`, when it has a call column)",
     )
     sp.add_argument("--model", default="default", help="name under ai/weights or a folder")
     sp.add_argument("--device", default="auto")
@@ -319,9 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="grade in fp32 on a CPU too (default: int8 where calibrated, as the node runs)",
     )
     sp.add_argument("--json", action="store_true")
-    sp = add("train", cmd_train, "k-fold CV, then a final fit on all data", config=False)
-    sp.add_argument("--data", required=True)
-    sp.add_argument("--out", required=True)
+    sp = add(
+        "train",
+        cmd_train,
+        "k-fold CV, then a final fit on all data; with --site, a model's operating points re-tuned on a site's reviews",
+        config=False,
+    )
+    sp.add_argument("--data", help="training data (required unless --site)")
+    sp.add_argument("--out", help="the run's folder (required unless --site; with it: var/models/site-<YYYYMMDD>)")
     sp.add_argument("--folds", type=int, default=5)
     sp.add_argument("--landmark-epochs", type=int, default=45, help="epochs of the landmark net or YOLO detector")
     sp.add_argument(
@@ -376,6 +463,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN",
         help="reuse the final and fold landmark nets of an earlier run (same data, folds, seed) and train "
         "only the graders",
+    )
+    sp.add_argument(
+        "--site",
+        metavar="DIR",
+        help="a site's reviews (`dicomnode reviews export`): --model's bulge, herniation and stenosis thresholds "
+        "re-tuned by nested CV by patient (at most --folds folds), before / after printed, a new model folder "
+        "written to --out; the networks are not retrained",
+    )
+    sp.add_argument(
+        "--model", default="default", help="with --site: the model re-tuned (name under ai/weights or a folder; kept)"
+    )
+    sp.add_argument(
+        "--config",
+        help="with --site: the node's TOML file; the re-tune is recorded in its audit and, without --out, written to "
+        "<data_dir>/models/site-<YYYYMMDD>",
     )
     return p
 

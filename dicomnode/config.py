@@ -12,7 +12,7 @@ import os
 import tomllib
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
@@ -125,8 +125,9 @@ class AIConfig:
 
 @dataclass(config=STRICT)
 class WebUser:
-    name: StrictStr
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64)]  # 64: the review and audit tables
     password_hash: StrictStr  # argon2, from `dicomnode hash-password`
+    role: Literal["viewer", "reviewer"] = "viewer"  # a reviewer may also review and reject results (stable contract)
 
     @field_validator("password_hash")
     @classmethod
@@ -138,7 +139,7 @@ class WebUser:
 
 @dataclass(config=STRICT)
 class WebConfig:
-    """The read-only results page (stable contract: port, host, users)."""
+    """The results page (stable contract: port, host, users and their roles)."""
 
     port: StrictInt = Field(default=0, ge=0, lt=65536)  # 0 = no web page
     host: StrictStr = "127.0.0.1"
@@ -164,6 +165,13 @@ class WebConfig:
         if self.port and not self.loopback and not (self.users and self.certificate):
             raise ValueError("web.host other than loopback needs web.users and web.certificate/private_key (HTTPS)")
         return self
+
+
+@dataclass(config=STRICT)
+class ReviewConfig:
+    # the results page and the log warn when the node's agreement with the reviewers over 30 days falls below this
+    # share for a finding (0 = never; stable contract)
+    agreement_floor: StrictFloat = Field(default=0.0, ge=0, le=1)
 
 
 @dataclass(config=STRICT)
@@ -232,6 +240,7 @@ class Config:
     ai: AIConfig = field(default_factory=AIConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     destinations: list[Destination] = field(default_factory=list)
     source: str = field(default="", init=False, compare=False)  # the file it was read from
 

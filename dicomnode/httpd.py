@@ -14,6 +14,7 @@ def serve_metrics(port: int, node: Any) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             if self.path == "/metrics":
+                _agreement(node)
                 body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
             elif self.path == "/healthz":
                 ok = (node.scp is None or node.scp.server is not None) and not node.stopping.is_set()
@@ -33,3 +34,14 @@ def serve_metrics(port: int, node: Any) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
+
+
+def _agreement(node: Any) -> None:
+    """The reviewers' agreement gauges, read at each scrape (a small query over the last 90 days' reviews)."""
+    from dicomnode import logs, review
+
+    try:
+        with node.engine.connect() as conn:
+            review.set_gauges(review.agreement(conn))
+    except Exception as exc:  # noqa: BLE001 - the database away: the other metrics still answer
+        logs.failure(logs.get("dicomnode.httpd"), "agreement gauges failed", exc)

@@ -16,3 +16,7 @@ STAGE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 SEND_FAILURES = Counter("dicomnode_send_failures_total", "Result objects that failed to send", ["kind"])
+AGREEMENT = Gauge(
+    "dicomnode_review_agreement", "Share of reviewed discs where node and reviewer agree", ["finding", "window"]
+)
+REVIEWED_DISCS = Gauge("dicomnode_reviewed_discs", "Discs reviewed in the window", ["window"])

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from pydicom.uid import KeyObjectSelectionDocumentStorage
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from dicomnode import logs, metrics, scu, stow
@@ -37,7 +38,12 @@ def destinations(cfg: Config, engine: Engine, study_uid: str) -> tuple[list[Dest
 
 def queue_outputs(conn: Any, job_id: int, dests: list[Destination], written: list[Output]) -> None:
     """One pending row per DICOM object and destination, in the caller's transaction (the job's run)."""
-    for d in dests:
+    queue_rows(conn, job_id, [d.name for d in dests], written)
+
+
+def queue_rows(conn: Any, job_id: int, names: list[str], written: list[Output]) -> None:
+    """queue_outputs by destination name (a rejection note goes where the results went, by the names recorded)."""
+    for name in names:
         for out in written:
             if out.is_dicom:
                 conn.execute(
@@ -46,7 +52,7 @@ def queue_outputs(conn: Any, job_id: int, dests: list[Destination], written: lis
                         sop_instance_uid=out.sop_instance_uid,
                         sop_class_uid=out.sop_class_uid,
                         path=str(out.path),
-                        destination=d.name,
+                        destination=name,
                         status="pending",
                         attempts=0,
                         updated=time.time(),
@@ -68,7 +74,11 @@ def record_send_error(cfg: Config, engine: Engine, job_id: int, detail: str) -> 
 
 def _after_failed_try(cfg: Config, conn: Any, job_id: int, detail: str) -> None:
     tries = (
-        conn.execute(select(func.max(db.sent_objects.c.attempts)).where(db.sent_objects.c.job_id == job_id)).scalar()
+        conn.execute(  # the objects still being tried (a rejection note counts its own tries, not the results')
+            select(func.max(db.sent_objects.c.attempts)).where(
+                db.sent_objects.c.job_id == job_id, db.sent_objects.c.status == "pending"
+            )
+        ).scalar()
         or 0
     )
     if tries > cfg.output.send_retries:
@@ -85,6 +95,12 @@ def _after_failed_try(cfg: Config, conn: Any, job_id: int, detail: str) -> None:
     delay = cfg.output.retry_backoff_seconds * 2 ** max(tries - 1, 0)
     conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(not_before=time.time() + delay))
     db.add_job_event(conn, job_id, JobState.SENDING, f"try {tries} failed ({detail}); retry in {delay:.0f}s")
+
+
+def _is_rejection(conn: Any, job_id: int) -> bool:
+    """Whether the job's sends include a rejection note (`dicomnode.reject`): delivered, the job ends `rejected`."""
+    kos = and_(db.sent_objects.c.job_id == job_id, db.sent_objects.c.sop_class_uid == KeyObjectSelectionDocumentStorage)
+    return conn.execute(select(db.sent_objects.c.id).where(kos)).first() is not None
 
 
 def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | None = None) -> None:
@@ -146,6 +162,12 @@ def send_job(cfg: Config, engine: Engine, job_id: int, tls: ssl.SSLContext | Non
             return
         if transient:
             _after_failed_try(cfg, conn, job_id, transient[0])
+            return
+        if _is_rejection(conn, job_id):  # the results were retracted: the note is at every destination that had them
+            db.set_job_state(
+                conn, job_id, JobState.REJECTED, "rejection note stored at the destination", finished=time.time()
+            )
+            log.info("job rejected", job_id=job_id)
             return
         db.set_job_state(conn, job_id, JobState.DONE, "all results stored at the destination", finished=time.time())
         db.supersede_older(conn, job_id)

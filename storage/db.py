@@ -172,6 +172,53 @@ sent_objects = Table(
     Column("updated", Float, nullable=False),
 )
 
+reviews = Table(  # a reviewer's verdict on a job's results: one per job and user, edited in place
+    "reviews",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False),
+    Column("reviewer", String(64), nullable=False),  # the signed-in user's name
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("chain_shift", Integer, nullable=False, server_default="0"),  # +1: numbered one level too high, -1: low
+    Index("ux_reviews_job_reviewer", "job_id", "reviewer", unique=True),
+    Index("ix_reviews_updated", "updated"),
+)
+
+review_levels = Table(  # per disc: what the node said when it was reviewed, and what the reviewer says
+    "review_levels",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("review_id", Integer, ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("node_call", String(16), nullable=False),  # normal / bulge / protrusion / extrusion
+    Column("node_schmorl", Integer, nullable=False),
+    Column("node_pfirrmann", Integer),
+    Column("node_stenosis", Integer),
+    Column("node_x", Float, nullable=False),
+    Column("node_y", Float, nullable=False),
+    Column("call", String(16), nullable=False),
+    Column("schmorl", Integer, nullable=False),
+    Column("pfirrmann", Integer),
+    Column("stenosis", Integer),
+    Column("x", Float, nullable=False),
+    Column("y", Float, nullable=False),
+    Index("ix_review_levels_review", "review_id"),
+)
+
+audit = Table(  # who did what, when, to which job: ids and counts only, never patient data
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("username", String(64)),  # a configured user's name; None when the name typed is no user's
+    Column("action", String(32), nullable=False),
+    Column("job_id", Integer),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text),
+    Index("ix_audit_at", "at"),
+)
+
 
 def _pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()

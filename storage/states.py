@@ -14,9 +14,10 @@ class JobState(StrEnum):
     FAILED = "failed"
     NO_INPUT = "no_input"  # nothing usable in the study
     SUPERSEDED = "superseded"  # a newer revision of the study's job replaced it
+    REJECTED = "rejected"  # a reviewer retracted its results: a rejection note (KOS) went where they had gone
 
 
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.NO_INPUT, JobState.SUPERSEDED})
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.NO_INPUT, JobState.SUPERSEDED, JobState.REJECTED})
 
 
 # Every reason code a job (or `dicomnode analyze`'s `error: <code>: <reason>`) can end with: a stable contract,

@@ -85,3 +85,29 @@ def orthanc_factory(tmp_path: Path):
     yield make
     for o in started:
         o.stop()
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, through Selenium and chromium-driver: every web page is tested in it."""
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("chromium and chromium-driver (Debian) not installed: run the README test command")
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1400",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=DRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

@@ -37,8 +37,10 @@ class Stages:
             self.worker.work(*claimed)
 
 
-# What migration 0003 added, dropped again by the tests that rebuild an older database (SQLite)
+# What migrations 0004 and 0003 added, dropped again by the tests that rebuild an older database (SQLite)
+UNDO_0004 = ("DROP TABLE review_levels", "DROP TABLE reviews", "DROP TABLE audit")
 UNDO_0003 = (
+    *UNDO_0004,
     "DROP TRIGGER tally_jobs_insert",
     "DROP TRIGGER tally_jobs_update",
     "DROP TRIGGER tally_jobs_delete",

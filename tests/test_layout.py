@@ -97,7 +97,7 @@ def test_admin_commands_load_no_torch(tmp_path: Path):
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == []
+    assert set(json.loads(out.stdout)) <= {"ai", "ai.labels"}  # status names the reviewers' calls: constants only
 
 
 def test_the_conformance_statement_lists_every_reason_code_and_no_other():

@@ -5,7 +5,6 @@ slice decoded, screenshots inspected; names and images only for a signed-in user
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,30 +22,6 @@ from test_deployment import wait_done
 from dicomnode.web import hash_password
 
 pytestmark = pytest.mark.peers
-
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("chromium and chromium-driver (Debian) not installed: run the README test command")
-    from selenium import webdriver
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1400",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=DRIVER))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def screenshot(driver, path: Path) -> Image.Image:
