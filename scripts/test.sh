@@ -9,4 +9,5 @@ EXTRAS="[test,seed]" bash scripts/install.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q -ra "$@"
+# two workers, a test file each at a time (its module fixtures stay in one process); PYTEST_WORKERS=0 runs in one
+exec .venv/bin/python -m pytest -q -ra -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
