@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 from sqlalchemy import desc, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -208,6 +209,28 @@ def retry_job(cfg: Config, job_id: int) -> tuple[bool, str]:
             return False, f"no job {job_id}"
         if row.state not in (JobState.FAILED.value, JobState.NO_INPUT.value):
             return False, f"job {job_id} is {row.state}; only failed or no_input jobs can be retried"
+        note = (
+            db.sent_objects.c.job_id == job_id,
+            db.sent_objects.c.sop_class_uid == KeyObjectSelectionDocumentStorage,
+        )
+        if conn.execute(select(db.sent_objects.c.id).where(*note)).first() is not None:
+            # a rejection note that was not delivered: send it again (a re-run would bring the rejected result back)
+            conn.execute(
+                update(db.sent_objects)
+                .where(*note, db.sent_objects.c.status != "sent")
+                .values(status="pending", attempts=0, last_error=None)
+            )
+            db.set_job_state(
+                conn,
+                job_id,
+                JobState.SENDING,
+                "rejection note retried by admin",
+                reason_code=None,
+                reason=None,
+                finished=None,
+                not_before=None,
+            )
+            return True, f"job {job_id}: rejection note queued again"
         conn.execute(update(db.sent_objects).where(db.sent_objects.c.job_id == job_id).values(status="superseded"))
         db.set_job_state(
             conn,

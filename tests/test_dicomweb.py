@@ -1,6 +1,6 @@
 """DICOMweb destinations: the SR and GSPS go to Orthanc's DICOMweb plugin (Debian `orthanc-dicomweb`) with STOW-RS and
-are found there with QIDO-RS exactly once; a 4xx answer fails the job as permanent; a 503 or a refused connection is
-retried with back-off like a DIMSE peer that is down."""
+are found there with QIDO-RS exactly once, and a rejection note after them; a 4xx answer fails the job as permanent;
+a 503 or a refused connection is retried with back-off like a DIMSE peer that is down."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from test_jobs import events, jobs
 from test_sending import runner_for, start_job
 
 from dicomnode.config import Config, Destination
+from dicomnode.reject import reject_job
 from dicomnode.stow import store
 
 pytestmark = pytest.mark.peers
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 SR, GSPS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.11.1"
+KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 
 def dicomweb_orthanc(folder: Path) -> Orthanc:
@@ -57,6 +59,10 @@ def test_results_arrive_by_stow_rs_exactly_once(tmp_path: Path):
         again = store(results, pacs.url("/dicom-web"))  # sent twice: the same UIDs replace themselves
         assert all(r.ok for r in again)
         assert qido_classes(pacs, study) == sorted([SR, GSPS])
+        assert reject_job(engine, store_, job.id, "dr_a") == "sending"  # a reviewer retracts it: the note by STOW-RS
+        settle(runner, engine)
+        assert jobs(engine)[0].state == "rejected", events(engine, job.id)
+        assert qido_classes(pacs, study) == sorted([SR, GSPS, KOS])
     finally:
         pacs.stop()
 

@@ -250,3 +250,44 @@ def test_the_agreement_gauges_follow_the_figures():
     assert 'dicomnode_review_agreement{finding="pfirrmann_within_one",window="30d"} 0.9' in text
     assert 'dicomnode_reviewed_discs{window="90d"} 36.0' in text
     assert 'finding="schmorl"' not in text  # no figure: no gauge
+
+
+def test_a_rejection_note_that_was_not_delivered_fails_the_job_and_retry_sends_the_note_not_the_result(
+    env,  # noqa: F811
+    tmp_path: Path,
+):
+    from peers import free_port
+
+    from dicomnode.admin import retry_job
+    from dicomnode.config import Destination
+
+    cfg, engine, store, runner = env
+    job = done_job(runner, tmp_path, "a")
+    with engine.begin() as conn:  # as if the results had reached "pacs", which is now down
+        for kind in ("sr", "gsps"):
+            ds = dcmread(store.results / str(job) / f"{kind}.dcm")
+            conn.execute(
+                db.sent_objects.insert().values(
+                    job_id=job,
+                    sop_instance_uid=ds.SOPInstanceUID,
+                    sop_class_uid=ds.SOPClassUID,
+                    path=str(store.results / str(job) / f"{kind}.dcm"),
+                    destination="pacs",
+                    status="sent",
+                    attempts=1,
+                    updated=time.time(),
+                )
+            )
+    cfg.destinations = [Destination("pacs", ae_title="PACS", host="127.0.0.1", port=free_port())]
+    cfg.output.send_retries = 0
+    assert reject_job(engine, store, job, "dr_a") == "sending"
+    runner.drain()
+    (row,) = jobs(engine)
+    assert (row.state, row.reason_code) == ("failed", "send_unreachable"), events(engine, job)
+    ok, message = retry_job(cfg, job)
+    assert ok and "rejection note" in message
+    with engine.connect() as conn:
+        rows = conn.execute(select(db.sent_objects.c.sop_class_uid, db.sent_objects.c.status)).all()
+    assert sorted(r.status for r in rows if r.sop_class_uid.endswith(".88.59")) == ["pending"]
+    assert sorted(r.status for r in rows if not r.sop_class_uid.endswith(".88.59")) == ["sent", "sent"]  # not re-run
+    assert jobs(engine)[0].state == "sending"
