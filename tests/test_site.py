@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from dicomgen import SeriesSpec, write_series
 from pydicom.uid import generate_uid
+from test_lsmri import said as lsmri_said
 
 from ai.decide import DiscRule
 from ai.infer import WEIGHTS_ROOT
@@ -26,10 +27,10 @@ from ai.site import METRIC_KEYS, SiteDisc, SiteStudy, is_site, load_site, node_c
 from ai.spider import is_spider, quadratic_kappa
 from ai.training.site import check_out, choose_threshold, mixed_scores, tune, write_model
 from dicomnode import cli
+from dicomnode.review import EXPORT_COLUMNS
 
 LSMRI_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lsmri-t2"
-COLUMNS = ["patient", "study_uid", "series", "sop_instance_uid", "level", "x", "y", "step_px", "call", "schmorl"]
-COLUMNS += ["pfirrmann", "stenosis", "reviewer", "reviewed_at", "job_id"]
+COLUMNS = EXPORT_COLUMNS  # what `dicomnode reviews export` writes
 
 
 def disc(level: str, call: str, x: float | None = 100, y: float | None = 100, **kw) -> SiteDisc:
@@ -38,16 +39,8 @@ def disc(level: str, call: str, x: float | None = 100, y: float | None = 100, **
 
 
 def said(level: str, x: float, y: float, labels: list[str], stenosis: float = 0.0, grade: int | None = 2) -> dict:
-    return {
-        "level": level,
-        "kind": "disc",
-        "x": x,
-        "y": y,
-        "labels": labels,
-        "pfirrmann": grade,
-        "stenosis": stenosis >= 0.5,
-        "findings": {"stenosis": stenosis},
-    }
+    """The node's answer for a disc, as test_lsmri makes it, with several labels (Schmorl's node co-occurs)."""
+    return lsmri_said(level, x, y, labels[0], stenosis, grade) | {"labels": labels}
 
 
 def test_calls_points_schmorl_stenosis_and_grades_are_scored_as_defined():
