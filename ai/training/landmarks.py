@@ -5,6 +5,8 @@ learning rate. Writes a copy of the model folder with the new nets.
     python -m ai.training.landmarks --model default --tianchi DIR --lsmri DIR --out DIR [--epochs 12]
         [--hold-out-fold K]   # leave LSMRI's fold K of 5 (by patient, ai.training.stenosis's folds) out, to score it
 
+Run again with the same --out, it goes on where it stopped: a net already fine-tuned by the same recipe is kept.
+
 Tianchi's 150 studies are all in the shipped nets already, so a Tianchi figure after this is in-sample; the held-out
 LSMRI fold is what it is measured on (model card).
 """
@@ -49,33 +51,48 @@ def recipe_of(meta: dict) -> Recipe:
     return Recipe(**{k: v for k, v in r.items() if k in known})
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def fine_tune_parser(doc: str, epochs: int, *sets: str) -> argparse.ArgumentParser:
+    """The command line the fine-tuning tools share (this one, `ai.training.graders`)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--tianchi", required=True)
-    ap.add_argument("--lsmri", required=True)
+    for name in sets:
+        ap.add_argument(f"--{name}", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=epochs)
     ap.add_argument("--hold-out-fold", type=int, default=None)
-    args = ap.parse_args(argv)
-    from ai.infer import WEIGHTS_ROOT, Member
+    return ap
+
+
+def start(args: argparse.Namespace) -> tuple[Path, Path, list[LsmriStudy], int]:
+    """The base model's folder, the new one (a copy of the base, kept where it exists, so that a run goes on where
+    it stopped), LSMRI's training patients and how many were held out."""
+    from ai.infer import WEIGHTS_ROOT
 
     src = Path(args.model) if Path(args.model).is_dir() else WEIGHTS_ROOT / args.model
     out = Path(args.out)
-    if out.exists():
-        raise SystemExit(f"{out} exists: give a new folder")
-    shutil.copytree(src, out)
+    if not out.exists():
+        shutil.copytree(src, out)
     lsmri = load_lsmri(Path(args.lsmri))
     held = held_out_patients(lsmri, args.hold_out_fold) if args.hold_out_fold is not None else set()
-    train_lsmri = [st for st in lsmri if st.patient not in held]
+    return src, out, [st for st in lsmri if st.patient not in held], len(held)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = fine_tune_parser(__doc__ or "", 12, "tianchi", "lsmri").parse_args(argv)
+    from ai.infer import Member
+
+    src, out, train_lsmri, n_held = start(args)
     tianchi = load_dataset(Path(args.tianchi))
     meta = json.loads((out / "model.json").read_text())
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     report = {"epochs": args.epochs, "max_lr": FINE_TUNE_LR, "tianchi": len(tianchi), "lsmri": len(train_lsmri)}
     report["held_out_fold"] = args.hold_out_fold
-    report["held_out_patients"] = sorted(held)
+    report["held_out_patients"] = n_held
     for k, name in enumerate(meta["ensemble"]["locate"]):
         member = Member.load(out / name, "cpu", fused=False)
+        if member.meta.get("fine_tuned") == report:
+            log(f"{name}: already fine-tuned by this recipe, kept")
+            continue
         recipe = recipe_of(member.meta)
         items = prepare(tianchi + as_studies(train_lsmri), recipe.input_size)
         t0 = time.process_time()
@@ -86,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: fine-tuned in {time.process_time() - t0:.0f} s CPU")
     meta["landmarks_fine_tuned"] = report
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(json.dumps(report | {"held_out_patients": len(held)}, indent=2))
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -165,14 +165,16 @@ def train_grader(
     crop_size: int = CROP_SIZE,
     device: str = "cpu",
     spider: Sequence[SpiderItem] | None = None,
+    init: Grader | None = None,
+    max_lr: float = 1e-3,
 ) -> Grader:
     """With spider, one backbone learns both sets: each step grades 6 Tianchi studies (all 11 levels) and the
     usable discs of about as many SPIDER slices, each set on its own heads, with crops augmented as another
-    hospital's scanner would change them."""
+    hospital's scanner would change them. init: a trained grader to go on from (fine-tuning, at a lower max_lr)."""
     spider = spider or []
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = Grader(arch, N_GRADES_BOTH if spider else N_GRADES).to(device)
+    net = init.to(device) if init is not None else Grader(arch, N_GRADES_BOTH if spider else N_GRADES).to(device)
     vert, disc, v5, present = _grade_targets(items)
     counts = torch.bincount(disc[disc >= 0], minlength=4).float()
     disc_w = (counts.sum() / counts.clamp_min(1)) ** 0.5
@@ -181,10 +183,10 @@ def train_grader(
     pos_weight = (((1 - v5_pos) / v5_pos) ** 0.5).to(device)
     sp_t = spider_targets(spider) if spider else {}
     sp_w = {name: joint.pos_weight(t).to(device) for name, t in sp_t.items()}
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=max_lr, weight_decay=1e-4)
     per_epoch = math.ceil(len(items) / 6)
     sp_per_step = math.ceil(len(spider) / per_epoch) if spider else 0
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs * per_epoch, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * per_epoch, pct_start=0.2)
     jitter: dict[str, Any] = {"rng": rng, "deg": 10.0, "scale": 0.12, "shift": 0.12}
     if spider:
         jitter["aspect"] = 1.3  # SPIDER's grids stretch some slices head to feet
