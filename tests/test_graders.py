@@ -63,3 +63,16 @@ def test_a_fine_tuned_grader_is_stored_int8_and_grades_as_before(tmp_path: Path)
         before = net(crops, torch.arange(11))
         after = loaded.grader(crops, torch.arange(11))
     assert torch.allclose(before, after, atol=0.05 * float(before.abs().max()))  # int8 weights: close, not equal
+
+
+def test_a_cut_run_goes_on_with_the_members_it_had_not_fine_tuned(tmp_path: Path):
+    from ai.models import LandmarkNet
+    from ai.training.landmarks import fine_tune_members
+
+    report = {"epochs": 3, "lsmri": 10}
+    for name, done in (("m1", report), ("m2", {"epochs": 3, "lsmri": 9}), ("m3", None)):
+        meta = {"width": 8} | ({"fine_tuned": done} if done else {})
+        Member(LandmarkNet(8), None, meta, torch.device("cpu")).save(tmp_path / name)
+    tuned: list[tuple[int, str]] = []
+    fine_tune_members(tmp_path, ["m1", "m2", "m3"], report, lambda k, name, member: tuned.append((k, name)), print)
+    assert tuned == [(1, "m2"), (2, "m3")]  # m1 was done by this recipe; m2 by another

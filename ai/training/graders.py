@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from ai.lsmri import LsmriStudy
 from ai.models import Grader
 from ai.spider import SpiderDisc, SpiderStudy, load_spider
 from ai.training.joint import SpiderItem, prepare_spider, usable_discs
-from ai.training.landmarks import fine_tune_parser, start
+from ai.training.landmarks import fine_tune_members, fine_tune_parser, start
 from ai.training.quantize import calibrate_folder
 from ai.training.train import train_grader
 
@@ -97,22 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(json.dumps(report))
     meta = json.loads((out / "model.json").read_text())
-    for k, name in enumerate(meta["ensemble"]["grade"]):
-        member = Member.load(out / name, "cpu", fused=False)
-        if member.meta.get("fine_tuned") == report:
-            log(f"{name}: already fine-tuned by this recipe, kept")
-            continue
-        t0 = time.process_time()
-        crop = int(member.meta.get("crop_size", 64))
-        arch = str(member.meta.get("grader_arch", "resnet18"))
+
+    def tune(k: int, name: str, member: Member) -> None:
         if not isinstance(member.grader, Grader):
             raise SystemExit(f"{out / name}: not a grader")
+        crop = int(member.meta.get("crop_size", 64))
+        arch = str(member.meta.get("grader_arch", "resnet18"))
+        rehearsed = spider + lsmri_train
         member.grader = train_grader(
-            tianchi, args.epochs, 2000 + k, log, arch, crop, "cpu", spider + lsmri_train, member.grader, args.lr
+            tianchi, args.epochs, 2000 + k, log, arch, crop, "cpu", rehearsed, member.grader, args.lr
         )
         trained_by = f"ai.training.graders --epochs {args.epochs} (from {src.name}/{name}; Tianchi + SPIDER + LSMRI)"
         save_grader(member, out / name, {"fine_tuned": report, "trained_by": trained_by})
-        log(f"{name}: fine-tuned in {time.process_time() - t0:.0f} s CPU")
+
+    fine_tune_members(out, meta["ensemble"]["grade"], report, tune, log)
     log(f"int8 ranges measured again for {calibrate_folder(out, tianchi)} graders")
     meta["graders_fine_tuned"] = report
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")

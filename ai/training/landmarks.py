@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,27 @@ def start(args: argparse.Namespace) -> tuple[Path, Path, list[LsmriStudy], int]:
     return src, out, [st for st in lsmri if st.patient not in held], len(held)
 
 
+def fine_tune_members(
+    out: Path,
+    names: list[str],
+    report: dict[str, Any],
+    tune: Callable[[int, str, Any], None],
+    log: Callable[[str], None],
+) -> None:
+    """Each named member of `out` not yet fine-tuned by this recipe (its model.json's "fine_tuned" is `report`):
+    `tune(k, name, member)` trains and saves it. A run cut short goes on with the members it had not finished."""
+    from ai.infer import Member
+
+    for k, name in enumerate(names):
+        member = Member.load(out / name, "cpu", fused=False)
+        if member.meta.get("fine_tuned") == report:
+            log(f"{name}: already fine-tuned by this recipe, kept")
+            continue
+        t0 = time.process_time()
+        tune(k, name, member)
+        log(f"{name}: fine-tuned in {time.process_time() - t0:.0f} s CPU")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = fine_tune_parser(__doc__ or "", 12, "tianchi", "lsmri").parse_args(argv)
     from ai.infer import Member
@@ -88,19 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     report = {"epochs": args.epochs, "max_lr": FINE_TUNE_LR, "tianchi": len(tianchi), "lsmri": len(train_lsmri)}
     report["held_out_fold"] = args.hold_out_fold
     report["held_out_patients"] = n_held
-    for k, name in enumerate(meta["ensemble"]["locate"]):
-        member = Member.load(out / name, "cpu", fused=False)
-        if member.meta.get("fine_tuned") == report:
-            log(f"{name}: already fine-tuned by this recipe, kept")
-            continue
+
+    def tune(k: int, name: str, member: Member) -> None:
         recipe = recipe_of(member.meta)
         items = prepare(tianchi + as_studies(train_lsmri), recipe.input_size)
-        t0 = time.process_time()
-        net = train_landmarks(items, args.epochs, 1000 + k, log, recipe, "cpu", member.landmarks, FINE_TUNE_LR)
-        member.landmarks = net
+        member.landmarks = train_landmarks(
+            items, args.epochs, 1000 + k, log, recipe, "cpu", member.landmarks, FINE_TUNE_LR
+        )
         trained_by = f"ai.training.landmarks --epochs {args.epochs} (from {src.name}/{name}; Tianchi + LSMRI)"
         member.save(out / name, {"fine_tuned": report, "trained_by": trained_by})
-        log(f"{name}: fine-tuned in {time.process_time() - t0:.0f} s CPU")
+
+    fine_tune_members(out, meta["ensemble"]["locate"], report, tune, log)
     meta["landmarks_fine_tuned"] = report
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(report, indent=2))
