@@ -104,12 +104,11 @@ class Member:
         """fp16 weights and model.json (with the decision rule of meta["decision"], else the untuned one)."""
         if any(isinstance(net, torch.fx.GraphModule) for net in (self.landmarks, self.grader)):
             raise ValueError("a model loaded for inference (fused) cannot be saved: load it with fused=False")
-        if self.landmarks is None:
-            raise ValueError("a grading-only ensemble member is copied by ai.training.ensemble, not saved")
         folder.mkdir(parents=True, exist_ok=True)
         half = lambda sd: {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}  # noqa: E731
-        name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"
-        save_file(half(self.landmarks.state_dict()), folder / name)
+        if self.landmarks is not None:  # None: a grading-only member of an ensemble
+            name = "detector.safetensors" if self.meta.get("detector") == "yolo" else "landmarks.safetensors"
+            save_file(half(self.landmarks.state_dict()), folder / name)
         if self.grader is not None:
             save_file(half(self.grader.state_dict()), folder / "grader.safetensors")
         meta = {"decision": Decision().to_dict(), **self.meta, **(extra_meta or {})}

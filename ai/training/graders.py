@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import save_file
 
 from ai.data import load_dataset, prepare
 from ai.imaging import normalise
@@ -65,13 +64,8 @@ def lsmri_items(studies: list[LsmriStudy], locator: Analyzer) -> list[SpiderItem
 
 def save_grader(member: Member, folder: Path, extra_meta: dict[str, Any]) -> None:
     """The grader as the shipped ones are stored: int8 weights with a scale per channel, its model.json extended."""
-    assert member.grader is not None
-    state = {
-        k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in member.grader.state_dict().items()
-    }
-    save_file(state, folder / "grader.safetensors")
+    member.save(folder, extra_meta)
     store_int8(folder / "grader.safetensors")
-    (folder / "model.json").write_text(json.dumps(member.meta | extra_meta, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
