@@ -260,7 +260,7 @@ def train_site(args: argparse.Namespace) -> int:
 
         out = cfg.data_path / "models" / f"site-{datetime.date.today():%Y%m%d}"
     try:
-        report = retune(Path(args.site), args.model, out, args.folds, args.device, log)
+        report = retune(Path(args.site), args.model, out, args.folds, args.device, log, args.fine_tune)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dicomnode train: {exc}", file=sys.stderr)
         return 2
@@ -279,6 +279,9 @@ def train_site(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.site:
         return train_site(args)
+    if args.fine_tune:
+        print("dicomnode train: --fine-tune goes with --site", file=sys.stderr)
+        return 2
     if not args.data or not args.out:
         print("dicomnode train: --data and --out are required (or --site DIR)", file=sys.stderr)
         return 2
@@ -469,7 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a site's reviews (`dicomnode reviews export`): --model's bulge, herniation and stenosis thresholds "
         "re-tuned by nested CV by patient (at most --folds folds), before / after printed, a new model folder "
-        "written to --out; the networks are not retrained",
+        "written to --out; the networks are not retrained (unless --fine-tune)",
+    )
+    sp.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="with --site: fine-tune --model's graders on the reviews first (the recipe in ai/training/site_graders, "
+        "each outer fold without its patients), then re-tune the thresholds on their answers",
     )
     sp.add_argument(
         "--model", default="default", help="with --site: the model re-tuned (name under ai/weights or a folder; kept)"

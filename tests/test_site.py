@@ -342,3 +342,49 @@ def test_train_site_moves_the_bulge_threshold_down_for_readers_who_call_more_bul
     ((levels, _),) = answer_all(retuned, studies[:1])[0]
     assert [lv["level"] for lv in levels] == list(LEVELS) and all(lv["labels"] for lv in levels)
     print(f"runtime {time.perf_counter() - t0:.1f} s")
+
+
+def test_fine_tune_goes_with_site_only(capsys):
+    assert cli.main(["train", "--data", "x", "--out", "y", "--fine-tune"]) == 2
+    assert "--fine-tune goes with --site" in capsys.readouterr().err
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not LSMRI_DATA.is_dir(), reason=f"LSMRI data not found at {LSMRI_DATA} (../shared is absent)")
+def test_train_site_fine_tune_writes_graders_of_its_own_and_scores_them_held_out(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+):
+    """Four LSMRI patients as a site whose readers call a bulge where LSMRI's annotators saw stenosis and grade
+    Pfirrmann as LSMRI's readers did: the graders are fine-tuned by the fixed recipe, scored per outer fold without
+    its patients, and the new folder's int8 graders grade differently from the base's."""
+    from ai.infer import Analyzer
+    from ai.training.site_graders import RECIPE
+
+    monkeypatch.setitem(RECIPE, "epochs", 2)  # the flow, not the recipe's figures: 15 fine-tunes in all
+    site = tmp_path / "site"
+    rows = lsmri_site(site, 4)
+    for r in rows:
+        r["call"] = "bulge" if r["stenosis"] == "1" else "normal"
+    write_site(site, rows)
+    out = tmp_path / "tuned"
+    base_bytes = (WEIGHTS_ROOT / "default" / "m6" / "grader.safetensors").read_bytes()
+    assert cli.main(["train", "--site", str(site), "--out", str(out), "--device", "cpu", "--fine-tune"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fine_tune"]["recipe"] == RECIPE and report["folds"] == 4
+    assert report["fine_tune"]["slices"] == 4 and 0 < report["fine_tune"]["discs_learnt"] <= len(rows)
+    assert {"site_pfirrmann_accuracy", "site_call_agreement"} <= set(report["before"]) == set(report["after"])
+    assert (WEIGHTS_ROOT / "default" / "m6" / "grader.safetensors").read_bytes() == base_bytes  # the base untouched
+    for name in ("m6", "m7", "m8"):
+        member = json.loads((out / name / "model.json").read_text())
+        assert member["site_fine_tuned"] == report["fine_tune"] and "int8_activation_ranges" in member
+        assert (out / name / "grader.safetensors").read_bytes() != (
+            WEIGHTS_ROOT / "default" / name / "grader.safetensors"
+        ).read_bytes()
+    assert "fine-tuned on the reviews first" in (out / "MODEL_CARD.md").read_text()
+    tuned, shipped = Analyzer.load(str(out), "cpu"), Analyzer.load("default", "cpu")
+    assert tuned.int8_graders  # the new ranges rebuild int8 graders
+    from ai.data import read_slice
+
+    _, pixels, _ = read_slice(load_site(site)[0].path, load_site(site)[0].instance_uid)
+    found = shipped.locate_slices([pixels])[0]
+    assert np.abs(tuned.grade(found.img01, found.xy) - shipped.grade(found.img01, found.xy)).max() > 1e-3

@@ -33,6 +33,7 @@ from ai.orient import Canonical
 from ai.results import Located
 from ai.site import HERNIATED, METRIC_KEYS, SiteStudy, load_site, site_metrics
 from ai.stenosis import StenosisHead
+from ai.training.site_graders import cross_fitted, site_slice
 from ai.training.stenosis import folds_by_patient
 
 FLOORS = {"herniation": 0.80, "bulge": 0.70, "stenosis": 0.85}  # specificity floors of each call
@@ -41,6 +42,8 @@ MAX_FOLDS = 5
 # the figures the three thresholds move (points, Schmorl's node, Pfirrmann and the AUC stay as they are)
 FIGURES = [k for k in METRIC_KEYS if k.split("_")[1] in ("call", "abnormal", "bulge", "herniation", "stenosis")]
 FIGURES.remove("site_stenosis_auc")
+# what fine-tuning the graders moves besides (the points stay the locators')
+FINE_TUNE_FIGURES = [k for k in METRIC_KEYS if k.split("_")[1] in ("schmorl", "pfirrmann")]
 CARD = "MODEL_CARD.md"
 
 
@@ -198,8 +201,11 @@ def choose_points(
     return Points(h, b, s), how
 
 
-def grade_site(analyzer: Analyzer, studies: list[SiteStudy], log: Callable[[str], None]) -> tuple[list[Graded], int]:
-    """Each readable slice located and graded once, as the node does; the number that could not be read."""
+def grade_site(
+    analyzer: Analyzer, studies: list[SiteStudy], log: Callable[[str], None], keep_pixels: bool = False
+) -> tuple[list[Graded], int]:
+    """Each readable slice located and graded once, as the node does; the number that could not be read.
+    keep_pixels: the located slices keep their pixels (to fine-tune the graders on)."""
     from ai.data import read_slice
     from ai.orient import of_dataset
 
@@ -214,7 +220,7 @@ def grade_site(analyzer: Analyzer, studies: list[SiteStudy], log: Callable[[str]
             log(f"site slice {st.instance_uid} unreadable: {type(exc).__name__}: {exc}"[:300])
             unreadable += 1
             continue
-        kept = replace(found, img01=np.zeros((1, 1), np.float32))  # the pixels are not needed again
+        kept = found if keep_pixels else replace(found, img01=np.zeros((1, 1), np.float32))
         out.append(Graded(st, kept, probs, turn, (int(pixels.shape[0]), int(pixels.shape[1]))))
         if (i + 1) % 50 == 0:
             log(f"graded {i + 1} of {len(studies)} site slices")
@@ -268,16 +274,24 @@ def copy_members(base: Path, out: Path) -> int:
 
 def card_section(version: str, based_on: dict[str, Any], site: dict[str, Any]) -> str:
     rows = [f"| {k} | {v['before']} | {v['after']} | {v['how']} |" for k, v in site["thresholds"].items()]
-    figures = [f"| {k.removeprefix('site_')} | {site['before'][k]} | {site['after'][k]} |" for k in FIGURES]
+    figures = [f"| {k.removeprefix('site_')} | {v} | {site['after'][k]} |" for k, v in site["before"].items()]
     first, last = site["reviewed"]
     note = f"; {site['folds_note']}" if site.get("folds_note") else ""
+    kept = "The networks, mixes and stenosis weights are the base model's; only the thresholds below moved."
+    if ft := site.get("fine_tune"):
+        kept = (
+            f"The graders were fine-tuned on the reviews first ({ft['discs_learnt']} discs; recipe "
+            f"{json.dumps(ft['recipe'])}, `ai.training.site_graders`), then the thresholds below re-tuned on their "
+            "answers; the locators, mixes and stenosis weights are the base model's. In each outer fold the graders "
+            "were fine-tuned without that fold's patients (fp32; the folder's graders run int8)."
+        )
     lines = [
         "",
         f"## Site re-tune ({version})",
         f"Operating points of `{based_on['version']}` re-tuned by `dicomnode train --site` on {site['discs']} discs "
         f"of {site['patients']} patients ({site['studies']} slices, {site['reviewers']} reviewers, reviewed "
-        f"{first or '?'} to {last or '?'}) of `{site['data']}`. The networks, mixes and stenosis weights are the "
-        "base model's; only the thresholds below moved. Each maximises balanced accuracy at a specificity floor "
+        f"{first or '?'} to {last or '?'}) of `{site['data']}`. {kept} Each threshold maximises balanced "
+        "accuracy at a specificity floor "
         f"({', '.join(f'{k} {v}' for k, v in FLOORS.items())}) and moves only with at least {MIN_EACH} reviewed "
         "positives and negatives and where inner folds by patient measure it better than the base's.",
         "",
@@ -307,10 +321,12 @@ def retune(
     folds: int = MAX_FOLDS,
     device: str = "auto",
     log: Callable[[str], None] = lambda m: None,
+    fine_tune: bool = False,
 ) -> dict[str, Any]:
     """Re-tunes `model`'s operating points on the site folder's reviews and writes the result as a new model folder
     (`out`, default var/models/site-<YYYYMMDD>). Returns what it measured (the model.json "site" section, with the
-    folder and version)."""
+    folder and version). fine_tune: the graders are fine-tuned on the reviews first (`ai.training.site_graders`), in
+    each outer fold on the other folds' patients, and the operating points re-tuned on those graders' answers."""
     today = datetime.date.today().strftime("%Y%m%d")
     base = model_folder(model)
     out = Path(out) if out is not None else default_out(today)
@@ -322,9 +338,8 @@ def retune(
     if analyzer.decision.disc_rule is None or not analyzer.graders:
         raise ValueError(f"{base}: the model has no disc rule (a grader with SPIDER's heads): nothing to re-tune")
     log(f"grading {len(studies)} site slices with {analyzer.version}")
-    graded, unreadable = grade_site(analyzer, studies, log)
-    table = disc_table(graded)
-    if table.probs.shape[1] < N_GRADES_BOTH:
+    graded, unreadable = grade_site(analyzer, studies, log, keep_pixels=fine_tune)
+    if disc_table(graded).probs.shape[1] < N_GRADES_BOTH:
         raise ValueError(f"{base}: the graders have no SPIDER heads, so the disc rule is not used: nothing to re-tune")
     replay = Replay(analyzer)
     rule, head = replay.rule, replay.head
@@ -336,6 +351,12 @@ def retune(
         raise ValueError(f"{site_dir}: reviews of {n_patients} patient; cross-validation needs at least 2")
     k = min(folds, n_patients)
     fold_of = dict(zip(patients, folds_by_patient(patients, k, seed=0), strict=True))
+    tuned, store = graded, None  # the slices as the new model's graders grade them (each fold's, held out)
+    if fine_tune:
+        slices = [site_slice(g.study, g.located, g.turn, g.shape) for g in graded]
+        probs, store, fine_tuned = cross_fitted(base, analyzer.tianchi, slices, fold_of, log)
+        tuned = [replace(g, probs=p) for g, p in zip(graded, probs, strict=True)]
+    table = disc_table(tuned)
     per_fold: list[dict[str, Any]] = []
     points_of: dict[int, Points] = {}
     for f in range(k):
@@ -344,11 +365,11 @@ def retune(
         per_fold.append(points_of[f].as_dict() | {"patients": int(sum(v == f for v in fold_of.values()))})
     final, how = choose_points(table, np.ones(len(table.level), bool), before, rule, head, folds)
 
-    def predictions(points: Callable[[Graded], Points]) -> dict[str, list[dict[str, Any]]]:
-        return {g.study.instance_uid: replay.answer(g, points(g)) for g in graded}
+    def predictions(slices: list[Graded], points: Callable[[Graded], Points]) -> dict[str, list[dict[str, Any]]]:
+        return {g.study.instance_uid: replay.answer(g, points(g)) for g in slices}
 
-    m_before = site_metrics(studies, predictions(lambda g: before))
-    m_after = site_metrics(studies, predictions(lambda g: points_of[fold_of[g.study.patient]]))
+    m_before = site_metrics(studies, predictions(graded, lambda g: before))
+    m_after = site_metrics(studies, predictions(tuned, lambda g: points_of[fold_of[g.study.patient]]))
     reviews = [d for st in studies for d in st.discs.values()]
     stamps = sorted(d.reviewed_at for d in reviews if d.reviewed_at)
     site: dict[str, Any] = {
@@ -375,8 +396,11 @@ def retune(
         if before.as_dict()[name] is not None
     }
     site["per_fold"] = per_fold
-    site["before"] = {key: m_before[key] for key in FIGURES}
-    site["after"] = {key: m_after[key] for key in FIGURES}
+    figures = FIGURES + FINE_TUNE_FIGURES if fine_tune else FIGURES
+    site["before"] = {key: m_before[key] for key in figures}
+    site["after"] = {key: m_after[key] for key in figures}
+    if fine_tune:
+        site["fine_tune"] = fine_tuned
     site["positives"] = {k_: m_before[f"site_{k_}_positives"] for k_ in ("abnormal", "bulge", "herniation", "stenosis")}
 
     meta = json.loads((base / "model.json").read_text())
@@ -387,13 +411,16 @@ def retune(
     if head is not None and final.stenosis is not None:
         meta["stenosis_head"] = replace(head, threshold=final.stenosis).to_dict()
     meta |= {"version": version, "based_on": based_on, "site": site}
-    write_model(base, out, meta, card_section(version, based_on, site))
+    write_model(base, out, meta, card_section(version, based_on, site), store)
     log(f"wrote {out}")
     return {"out": str(out), "version": version, "based_on": based_on} | site
 
 
-def write_model(base: Path, out: Path, meta: dict[str, Any], section: str) -> None:
-    """The new folder, assembled beside its final name and renamed into place: never half a model under it."""
+def write_model(
+    base: Path, out: Path, meta: dict[str, Any], section: str, store: Callable[[Path], None] | None = None
+) -> None:
+    """The new folder, assembled beside its final name and renamed into place: never half a model under it.
+    store: writes what the base's copied members do not have (fine-tuned graders) into the assembled folder."""
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -403,6 +430,8 @@ def write_model(base: Path, out: Path, meta: dict[str, Any], section: str) -> No
     card = base_card(base)
     head = card.rstrip("\n") + "\n" if card else f"# Model card: {meta['version']}\n\nThe base model has no card.\n"
     (partial / CARD).write_text(head + section)
+    if store is not None:
+        store(partial)
     if out.exists():
         out.rmdir()  # empty: check_out said so
     partial.rename(out)
