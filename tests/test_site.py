@@ -25,7 +25,7 @@ from ai.lsmri import is_lsmri
 from ai.models import N_GRADES_BOTH
 from ai.site import METRIC_KEYS, SiteDisc, SiteStudy, is_site, load_site, node_call, site_metrics
 from ai.spider import is_spider, quadratic_kappa
-from ai.training.site import check_out, choose_threshold, mixed_scores, tune, write_model
+from ai.training.site import Table, check_out, choose_threshold, mixed_scores, refit_head, tune, write_model
 from dicomnode import cli
 from dicomnode.review import EXPORT_COLUMNS
 
@@ -197,6 +197,30 @@ def test_tune_moves_a_threshold_only_where_inner_folds_by_patient_gain():
     assert same == 0.45 and why.startswith("kept")
     few, why = tune(scores[:4], scores[:4] >= 0.2, patients[:4], base=0.45, floor=0.7)
     assert few == 0.45 and "fewer than" in why
+
+
+def test_the_stenosis_head_refitted_for_fine_tuned_graders_follows_where_their_answers_moved():
+    """Fine-tuned graders carry the stenosis signal in another head than the base head was fitted on: the refit
+    (rated discs only, shrunk toward the base) finds it; with too few stenotic discs it gives up."""
+    from ai.lsmri import auc
+    from ai.stenosis import DISC_LEVELS, StenosisHead
+
+    rng = np.random.default_rng(0)
+    n = 240
+    y = rng.random(n) < 0.25
+    rated = rng.random(n) < 0.8
+    moved = np.clip(np.where(y, rng.beta(5, 2, n), rng.beta(2, 5, n)), 0.01, 0.99)  # where the signal is now
+    probs = np.stack([rng.uniform(0.05, 0.95, n), moved, rng.uniform(0.05, 0.95, n)], 1)
+    levels = [DISC_LEVELS[i % 6] for i in range(n)]
+    table = Table(probs, levels, np.repeat(np.arange(n // 4), 4), y, y, np.where(rated, y, ~y), rated)
+    head = StenosisHead([3.0, 0.0, 0.0] + [0.0] * 6, 0.0, 0.5)  # reads the first head, where the signal was
+    refit = refit_head(table, np.ones(n, bool), head)
+    assert refit is not None and refit.threshold == head.threshold
+    score = [refit.probability(p, lv) for p, lv in zip(probs[rated], np.array(levels)[rated], strict=True)]
+    before = [head.probability(p, lv) for p, lv in zip(probs[rated], np.array(levels)[rated], strict=True)]
+    assert auc(score, list(y[rated])) > 0.85 > 0.65 > auc(before, list(y[rated]))
+    few = np.isin(np.arange(n), np.flatnonzero(y & rated)[:4]) | ~y  # four rated stenotic discs
+    assert refit_head(table, few, head) is None
 
 
 def test_the_mixed_scores_call_as_the_disc_rule_does():
@@ -371,6 +395,8 @@ def test_train_site_fine_tune_writes_graders_of_its_own_and_scores_them_held_out
     assert cli.main(["train", "--site", str(site), "--out", str(out), "--device", "cpu", "--fine-tune"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fine_tune"]["recipe"] == RECIPE and report["folds"] == 4
+    assert "; weights " in report["thresholds"]["stenosis"]["how"]  # refitted, or why the base's stayed
+    assert "site_stenosis_auc" in report["after"]  # fine-tuned graders move the ranking, not only the calls
     assert report["fine_tune"]["slices"] == 4 and 0 < report["fine_tune"]["discs_learnt"] <= len(rows)
     assert {"site_pfirrmann_accuracy", "site_call_agreement"} <= set(report["before"]) == set(report["after"])
     assert (WEIGHTS_ROOT / "default" / "m6" / "grader.safetensors").read_bytes() == base_bytes  # the base untouched

@@ -61,6 +61,19 @@ def test_logistic_fit_matches_a_known_separator():
     assert auc(list(x @ coef + b), list(y)) > 0.8
 
 
+def test_a_prior_pulls_the_fit_toward_it_as_strongly_as_its_ridge_says():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 2)) * [1.0, 3.0] + [0.0, 5.0]  # unstandardised, off-centre: the prior's raw scale
+    y = rng.random(300) < 1 / (1 + np.exp(-(2 * x[:, 0] + 0.3)))
+    prior = (np.array([-1.0, 0.5]), -2.0)
+    free, _ = fit_logistic(x, y.astype(float), l2=1e-6, prior=prior)
+    held, _ = fit_logistic(x, y.astype(float), l2=1e4, prior=prior)
+    assert np.allclose(held, prior[0], atol=1e-3)
+    assert np.allclose(free, [2, 0], atol=0.5)  # a weak prior leaves the data's own fit
+    between, _ = fit_logistic(x, y.astype(float), l2=0.1, prior=prior)
+    assert free[0] > between[0] > held[0]
+
+
 def test_head_round_trips_through_model_json():
     head = StenosisHead([0.1] * (N_GRADES_BOTH + 6), -0.5, 0.4, {"auc": 0.9})
     back = StenosisHead.from_dict(json.loads(json.dumps(head.to_dict())))

@@ -46,16 +46,23 @@ def disc_table(data: Path, model: str) -> dict[str, np.ndarray]:
     return {"probs": np.stack(probs), "level": np.array(levels), "patient": np.array(patients), "y": np.array(truth)}
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
-    """Ridge logistic regression by Newton's method on standardised features; weights on the raw features."""
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float = L2, prior: tuple[np.ndarray, float] | None = None
+) -> tuple[np.ndarray, float]:
+    """Ridge logistic regression by Newton's method on standardised features; weights on the raw features.
+    prior: raw weights and intercept to shrink toward instead of zero (a site's few discs refit a head)."""
     mu, sd = x.mean(0), x.std(0) + 1e-6
     z = np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
-    w = np.zeros(z.shape[1])
+    w0 = np.zeros(z.shape[1])
+    if prior is not None:
+        w0[:-1] = np.asarray(prior[0], float) * sd
+        w0[-1] = prior[1] + mu @ np.asarray(prior[0], float)
+    w = np.zeros(z.shape[1])  # convex: the same optimum, and Newton from zero stays stable
     ridge = l2 * np.eye(z.shape[1])
     ridge[-1, -1] = 0.0  # the intercept is not shrunk
     for _ in range(100):
         p = 1.0 / (1.0 + np.exp(-(z @ w)))
-        grad = z.T @ (p - y) / len(y) + ridge @ w
+        grad = z.T @ (p - y) / len(y) + ridge @ (w - w0)
         hess = (z.T * (p * (1 - p))) @ z / len(y) + ridge
         step = np.linalg.solve(hess, grad)
         w -= step
