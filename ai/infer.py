@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from ai.chain import carry, repair_skip
+from ai.chain import carry, repair_fold, repair_skip
 from ai.decide import Decision
 from ai.imaging import INPUT_SIZE, Letterbox, SpineBox, crop_patch, letterbox_tensor, normalise, spine_geometry
 from ai.int8 import RANGES_KEY, available, example_inputs, is_int8, quantized
@@ -215,16 +215,22 @@ class Analyzer:
         return [[(box.to_image(xy), c) for (xy, c), box in zip(member, boxes, strict=True)] for member in second]
 
     def points_many(self, imgs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per slice: (11, 2) median points, (11,) mean localisation, (11,) share of locators that agree."""
+        """Per slice: (11, 2) median points, (11,) mean localisation, (11,) share of locators that agree. An
+        ensemble's median chain that folds back on itself is unfolded (`repair_fold`); the locators that agree are
+        counted at the unfolded points, so a repaired chain reads as uncertain numbering."""
         per_member = self.member_points(imgs)
         out = []
         for i in range(len(imgs)):
             found = [member[i] for member in per_member]
             each = np.stack([xy for xy, _ in found])  # (members, 11, 2)
-            median = np.median(each, 0)
+            median, source = np.median(each, 0), np.arange(len(LEVELS))
+            if len(found) > 1:
+                fixed, source = repair_fold(median)
+                median = fixed.astype(median.dtype)
+            loc = carry(np.mean(np.stack([c for _, c in found]), 0), source, inserted=0.0)
             _, spacing = spine_geometry(median.astype(np.float32))
             near = np.linalg.norm(each - median[None], axis=2) <= AGREE_SPACINGS * np.maximum(spacing, 1.0)[None]
-            out.append((median, np.mean(np.stack([c for _, c in found]), 0), near.mean(0)))
+            out.append((median, loc, near.mean(0)))
         return out
 
     def grade(self, img01: np.ndarray, xy: np.ndarray) -> np.ndarray:

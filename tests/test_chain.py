@@ -1,4 +1,5 @@
-"""The chain check that puts back a vertebra a landmark net skipped, and the int8 grader files."""
+"""The chain checks that put back a vertebra a landmark net skipped and unfold a folded median, and the int8 grader
+files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ai.chain import carry, repair_skip
+from ai.chain import carry, repair_fold, repair_skip
 from ai.infer import _weights, store_int8
 from ai.models import Grader
 from ai.training.ensemble import combine_oof
@@ -37,6 +38,42 @@ def test_a_skipped_vertebra_is_put_back_keeping_the_lower_part(above: int):
     assert inserted == [k for k in (above - 1, above) if k >= 0]
     assert all(source[k] == k + 2 for k in range(above - 1))  # renamed two levels down the spine
     assert all(source[k] == k for k in range(above + 1, 11))
+
+
+def _folded(k: int) -> np.ndarray:
+    """The levels 0..k+1 named one level (two points) too low: points k+2, k+3 lie back on k, k+1."""
+    xy = SPINE.copy()
+    xy[: k + 2] = SPINE[2 : k + 4]
+    return xy
+
+
+@pytest.mark.parametrize("k", [0, 3, 7])
+def test_a_folded_chain_keeps_its_lower_copy_and_moves_the_part_above_one_level_up(k: int):
+    xy, source = repair_fold(_folded(k))
+    assert np.allclose(xy, SPINE, atol=1e-6)  # the straight spine back, its two top points extrapolated
+    assert list(source[:2]) == [-1, -1]
+    assert all(source[j] == j - 2 for j in range(2, k + 2)) and all(source[j] == j for j in range(k + 2, 11))
+
+
+def test_an_unfolded_chain_and_a_skipped_one_are_no_fold():
+    for chain in (SPINE, _skipped(6), SPINE * [1.0, 0.6]):  # 0.6: a compressed spine, evenly spaced, is no fold
+        xy, source = repair_fold(chain)
+        assert np.array_equal(xy, chain) and np.array_equal(source, np.arange(11))
+
+
+def test_the_ensemble_median_is_unfolded_and_reads_as_uncertain(monkeypatch: pytest.MonkeyPatch):
+    """Three locators that number the spine alike except at the bottom, where two fold back: the node's points are
+    the straight spine again, and the locators that agree are counted at those points."""
+    from ai.infer import Analyzer
+
+    members = [_folded(7), _folded(7), SPINE]
+    analyzer = Analyzer.__new__(Analyzer)
+    looks = [[(m.astype(np.float32), np.ones(11, np.float32))] for m in members]
+    monkeypatch.setattr(Analyzer, "member_points", lambda self, imgs: looks)
+    xy, loc, agree = analyzer.points_many([np.zeros((8, 8), np.float32)])[0]
+    assert np.allclose(xy, SPINE, atol=1e-4) and xy.dtype == np.float32
+    assert list(loc[:2]) == [0.0, 0.0] and np.allclose(loc[2:], 1.0)  # extrapolated points: found by no net
+    assert agree.min() < 1.0 and agree[10] == 1.0
 
 
 def test_carry_moves_values_with_their_points():
