@@ -94,6 +94,13 @@ def test_the_ensemble_oof_repairs_each_member_before_the_median():
     assert np.allclose(loc[[3, 4, 5, 6]], 2 / 3) and np.allclose(np.delete(loc, [3, 4, 5, 6]), 1.0)
 
 
+def test_the_ensemble_oof_unfolds_the_median_as_the_node_does():
+    oof = lambda xy: [{"study_uid": "s", "xy": xy.tolist(), "loc": [1.0] * 11, "probs": [[0.5] * 7] * 11}]  # noqa: E731
+    out = combine_oof(["s"], [oof(_folded(6)), oof(_folded(6)), oof(SPINE)], [oof(SPINE)])
+    assert np.allclose(out[0]["xy"], SPINE, atol=1e-6)  # the median alone would keep the fold
+    assert out[0]["loc"][:2] == [0.0, 0.0]
+
+
 @pytest.mark.data
 def test_no_annotated_spine_looks_like_a_skip(shared_data: Path):
     """The threshold must never fire on a real chain: all 150 annotated studies pass unchanged."""

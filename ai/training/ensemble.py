@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ai.chain import carry, repair_skip
+from ai.chain import carry, repair_fold, repair_skip
 from ai.data import load_dataset
 from ai.decide import Decision
 from ai.infer import Analyzer, Member, combine_grades, store_int8
@@ -59,6 +59,9 @@ def combine_oof(
         probs = combine_grades(
             [carry(np.asarray(g[uid]["probs"]), repair_skip(np.asarray(g[uid]["xy"]))[1]) for g in gra], tianchi
         )
+        if len(chains) > 1:  # the median unfolded as Analyzer.points_many does; the levels' readings move with it
+            xy, moved = repair_fold(xy)
+            conf, probs = carry(conf, moved, inserted=0.0), carry(probs, moved)
         out.append({"study_uid": uid, "xy": xy.tolist(), "loc": conf.tolist(), "probs": probs.tolist()})
     return out
 
