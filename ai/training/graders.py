@@ -28,7 +28,7 @@ from ai.lsmri import LsmriStudy
 from ai.models import Grader
 from ai.spider import SpiderDisc, SpiderStudy, load_spider
 from ai.training.joint import SpiderItem, prepare_spider, usable_discs
-from ai.training.landmarks import fine_tune_members, fine_tune_parser, start
+from ai.training.landmarks import fine_tune_members, fine_tune_parser, finish, start
 from ai.training.quantize import calibrate_folder
 from ai.training.train import train_grader
 
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fine_tune_members(out, meta["ensemble"]["grade"], report, tune, log)
     log(f"int8 ranges measured again for {calibrate_folder(out, tianchi)} graders")
-    meta["graders_fine_tuned"] = report
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return finish(out, meta, "graders_fine_tuned", report)
 
 
 if __name__ == "__main__":

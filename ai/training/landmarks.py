@@ -99,6 +99,14 @@ def fine_tune_members(
         log(f"{name}: fine-tuned in {time.process_time() - t0:.0f} s CPU")
 
 
+def finish(out: Path, meta: dict[str, Any], key: str, report: dict[str, Any]) -> int:
+    """The run's report recorded under `key` in the new folder's model.json and printed; the exit status."""
+    meta[key] = report
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = fine_tune_parser(__doc__ or "", 12, "tianchi", "lsmri").parse_args(argv)
     from ai.infer import Member
@@ -121,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         member.save(out / name, {"fine_tuned": report, "trained_by": trained_by})
 
     fine_tune_members(out, meta["ensemble"]["locate"], report, tune, log)
-    meta["landmarks_fine_tuned"] = report
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return finish(out, meta, "landmarks_fine_tuned", report)
 
 
 if __name__ == "__main__":
