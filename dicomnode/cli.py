@@ -246,7 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def train_site(args: argparse.Namespace) -> int:
     """`train --site`: the named model's operating points re-tuned on a site's reviews, written as a new model."""
     given = {"--data": args.data, "--spider": args.spider, "--landmarks-only": args.landmarks_only}
-    given |= {"--landmarks-from": args.landmarks_from, "--no-final": args.no_final}
+    given |= {"--landmarks-from": args.landmarks_from, "--no-final": args.no_final, "--resume": args.resume}
     if other := [flag for flag, value in given.items() if value]:
         print(f"dicomnode train: --site re-tunes operating points only; drop {', '.join(other)}", file=sys.stderr)
         return 2
@@ -302,11 +302,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.landmarks_only:
-        if args.spider or args.landmarks_from or args.no_final:
-            print("dicomnode: --landmarks-only trains no grader and always the final fit", file=sys.stderr)
+        if args.spider or args.landmarks_from:
+            print("dicomnode: --landmarks-only trains no grader: drop --spider and --landmarks-from", file=sys.stderr)
             return 2
         report = run_landmarks(
-            Path(args.data), Path(args.out), recipe, args.folds, args.seed, log, str(pick_device(args.device))
+            Path(args.data),
+            Path(args.out),
+            recipe,
+            args.folds,
+            args.seed,
+            log,
+            str(pick_device(args.device)),
+            final=not args.no_final,
+            resume=args.resume,
         )
         print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
         return 0
@@ -322,6 +330,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spider_dir=Path(args.spider) if args.spider else None,
         spider_locator=args.spider_locator,
         landmarks_from=Path(args.landmarks_from) if args.landmarks_from else None,
+        resume=args.resume,
     )
     print(json.dumps({k: v for k, v in report.items() if k != "per_fold"}, indent=2))
     return 0
@@ -455,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-final", action="store_true", help="skip the final fit on all data")
+    sp.add_argument(
+        "--resume",
+        action="store_true",
+        help="load the final and fold models a cut-short run of the same recipe left in --out instead of training "
+        "them again",
+    )
     sp.add_argument("--spider", help="SPIDER folder (labels.csv, images/): its graded discs train the grader too")
     sp.add_argument(
         "--spider-locator",

@@ -112,7 +112,44 @@ def test_landmarks_only_run_writes_fold_nets_and_their_held_out_points(shared_da
 def test_landmarks_only_refuses_what_only_a_grader_run_can_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     from dicomnode.cli import main
 
-    for extra in (["--spider", str(tmp_path)], ["--landmarks-from", str(tmp_path)], ["--no-final"]):
+    for extra in (["--spider", str(tmp_path)], ["--landmarks-from", str(tmp_path)]):
         assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--landmarks-only", *extra]) == 2
         assert "--landmarks-only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.data
+def test_a_resumed_run_trains_only_the_folds_a_cut_short_run_left_undone(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import shutil
+
+    import ai.training.train as train
+
+    data = data_subset(shared_data, tmp_path / "data", 6)
+    recipe = Recipe(lm_epochs=1, gr_epochs=1, width=8, input_size=128, crop_size=32)
+    out = tmp_path / "out"
+    run(data, out, recipe, folds=2, final=False, log=lambda m: None)
+    first = {p["study_uid"]: p for p in json.loads((out / "oof.json").read_text())}
+    shutil.rmtree(out / "fold2")  # the run was stopped while training its second fold
+    fits: list[int] = []
+    real = train.fit
+    monkeypatch.setattr(train, "fit", lambda items, *a, **kw: fits.append(len(items)) or real(items, *a, **kw))
+    run(data, out, recipe, folds=2, final=False, log=lambda m: None, resume=True)
+    assert fits == [3]  # fold 2 only, on the other fold's three studies
+    again = {p["study_uid"]: p for p in json.loads((out / "oof.json").read_text())}
+    assert again.keys() == first.keys()
+    val1 = json.loads((out / "fold1" / "model.json").read_text())["val_studies"]
+    for uid in val1:  # fold 1 read back from its fp16 weights: the same answers to rounding
+        np.testing.assert_allclose(again[uid]["xy"], first[uid]["xy"], atol=1.0)
+        np.testing.assert_allclose(again[uid]["probs"], first[uid]["probs"], atol=0.02)
+    with pytest.raises(ValueError, match="another recipe"):
+        run(
+            data,
+            out,
+            Recipe(lm_epochs=1, gr_epochs=1, width=8, input_size=128, crop_size=48),
+            folds=2,
+            final=False,
+            log=lambda m: None,
+            resume=True,
+        )

@@ -312,6 +312,24 @@ def held_out(k: int, items: Sequence[Item], val: np.ndarray) -> dict[str, Any]:
     return {"fold": k + 1, "val_studies": [items[i].study.study_uid for i in val]}
 
 
+def resumed(folder: Path, recipe: Recipe, device: str, val_studies: list[str] | None = None) -> Member | None:
+    """The model an earlier, cut-short run of the same recipe left in `folder` (`dicomnode train --resume`), or None
+    where it left none. `model.json` is written after the weights, so its presence means a whole model. Its
+    held-out predictions come from the fp16 weights on disk: they may differ from an unbroken run's in the last
+    digits. A folder of another fold or recipe is refused rather than mixed in."""
+    if not (folder / "model.json").is_file():
+        return None
+    meta = json.loads((folder / "model.json").read_text())
+    if meta.get("val_studies") != val_studies:
+        raise ValueError(f"{folder} holds a model of another fold: resume into a fresh --out or delete it")
+    wanted: dict[str, Any] = {"width": recipe.width, "input_size": recipe.input_size}
+    if (folder / "grader.safetensors").is_file():
+        wanted |= {"crop_size": recipe.crop_size, "grader_arch": recipe.grader_arch}
+    if other := {k: meta[k] for k, v in wanted.items() if k in meta and meta[k] != v}:
+        raise ValueError(f"{folder} holds a model of another recipe ({other}): resume into a fresh --out")
+    return Member.load(folder, device, fused=False, int8_grader=False)
+
+
 def fit(
     items: list[Item],
     recipe: Recipe,
@@ -418,21 +436,31 @@ def run_landmarks(
     seed: int = 0,
     log: Log = print,
     device: str = "cpu",
+    final: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Landmark nets only, for a locating set (`ai.training.ensemble --locate`): a final fit, then one net per fold (the
-    folds and seeds of `run`) with its held-out points in oof.json and within 6 mm per fold in cv.json."""
+    folds and seeds of `run`) with its held-out points in oof.json and within 6 mm per fold in cv.json. resume: the
+    nets a cut-short run of the same recipe left in out_dir are loaded, not trained again (`resumed`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     items = prepare(load_dataset(data_dir), recipe.input_size)
     meta = {"width": recipe.width, "input_size": recipe.input_size, "recipe": asdict(recipe)}
     dev = torch.device(device)
-    Member(train_landmarks(items, recipe.lm_epochs, seed + 100, log, recipe, device), None, meta, dev).save(out_dir)
+    if final and not (resume and resumed(out_dir, recipe, device)):
+        Member(train_landmarks(items, recipe.lm_epochs, seed + 100, log, recipe, device), None, meta, dev).save(out_dir)
     oof: list[dict[str, Any]] = []
     per_fold = []
     for k, val in enumerate(folds_of(len(items), folds, 0) if folds > 1 else []):
         held = set(val.tolist())
         train = [it for i, it in enumerate(items) if i not in held]
-        member = Member(train_landmarks(train, recipe.lm_epochs, seed + k, log, recipe, device), None, meta, dev)
-        member.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
+        member = (
+            resumed(out_dir / f"fold{k + 1}", recipe, device, held_out(k, items, val)["val_studies"])
+            if resume
+            else None
+        )
+        if member is None:
+            member = Member(train_landmarks(train, recipe.lm_epochs, seed + k, log, recipe, device), None, meta, dev)
+            member.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
         hits = points = 0
         for i in val:
             it = items[i]
@@ -464,11 +492,13 @@ def run(
     spider_locator: str = "default",
     landmarks_from: Path | None = None,
     fold_seed: int = 0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """The final fit comes first, so a run cut short still leaves a usable model; its decision rule is written
     once the folds have been scored. spider_dir: SPIDER's graded discs train the grader too, located by
     spider_locator (a model that never saw SPIDER). landmarks_from: an earlier run's folder (same data, folds and
-    seed) whose final and fold landmark nets are reused."""
+    seed) whose final and fold landmark nets are reused. resume: the models a cut-short run of the same recipe left
+    in out_dir are loaded, not trained again (`resumed`): a night's training survives a stop between folds."""
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -494,7 +524,8 @@ def run(
     final_model = None
     if final:
         t0 = time.time()
-        final_model = fit(items, recipe, seed + 100, log, device, spider or None, landmarks_from)
+        final_model = resumed(out_dir, recipe, device) if resume else None
+        final_model = final_model or fit(items, recipe, seed + 100, log, device, spider or None, landmarks_from)
         report["final_fit_seconds"] = round(time.time() - t0)
         final_model.meta["version"] = time.strftime("%Y%m%d")
         final_model.save(out_dir, {"cv_mean": None, "trained_on": len(items)})
@@ -509,16 +540,24 @@ def run(
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
         strain = [spider[i] for i in range(len(spider)) if i not in set(sval)]
-        model = fit(
-            train,
-            recipe,
-            seed + k,
-            log,
-            device,
-            strain or None,
-            landmarks_from / f"fold{k + 1}" if landmarks_from else None,
+        model = (
+            resumed(out_dir / f"fold{k + 1}", recipe, device, held_out(k, items, val)["val_studies"])
+            if resume
+            else None
         )
-        model.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
+        if model is None:
+            model = fit(
+                train,
+                recipe,
+                seed + k,
+                log,
+                device,
+                strain or None,
+                landmarks_from / f"fold{k + 1}" if landmarks_from else None,
+            )
+            model.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
+        else:
+            log(f"fold {k + 1}/{folds} resumed from {out_dir / f'fold{k + 1}'}")
         for i, p in zip(val, predict(model, [items[i] for i in val]), strict=True):
             oof[i] = p
         for i, p in zip(sval, predict_spider(model, [spider[i] for i in sval]), strict=True):
