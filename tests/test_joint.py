@@ -154,6 +154,16 @@ def test_run_with_spider_trains_both_heads_and_reports_both_sets(shared_data: Pa
     assert sum(m["studies"] for m in report["per_fold"]) == 10
     assert sum(m["spider_discs"] for m in report["per_fold"]) == discs
     assert len(json.loads((tmp_path / "out" / "oof_spider.json").read_text())) == 6
+    # pooled held-out figures with patient-bootstrap intervals around them, both sets and each SPIDER manufacturer
+    ci, nested = report["ci95"], report["cv_pooled_nested"]
+    for key in ("within_6mm", "tianchi_macro_f1"):
+        assert ci["tianchi"][key][0] <= nested[key] <= ci["tianchi"][key][1]
+    spider_ci = ci["spider"]["spider_pfirrmann_accuracy"]
+    assert spider_ci[0] <= report["spider_pooled_nested"]["spider_pfirrmann_accuracy"] <= spider_ci[1]
+    assert {f"spider_{name}" for name in report["spider_per_manufacturer_nested"]} <= set(ci)
+    from ai.training.model_card import tables
+
+    assert "95 % CI" in tables(report) and "95 % bootstrap" in tables(report)
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert meta["grader_outputs"] == N_GRADES_BOTH and "disc_rule" in meta["decision"]
     model = Analyzer.load(tmp_path / "out", "cpu")

@@ -22,7 +22,7 @@ from ai.imaging import normalise
 from ai.labels import LEVEL_INDEX, LEVELS
 from ai.models import BULGING, FINDINGS, HERNIATION, PFIRRMANN, SPIDER_FINDINGS
 from ai.spider import METRIC_KEYS as SPIDER_METRIC_KEYS
-from ai.spider import SpiderStudy, by_manufacturer, spider_metrics
+from ai.spider import SpiderStudy, bootstrap_ci, by_manufacturer, spider_metrics
 
 DISC_ROWS = [i for i, level in enumerate(LEVELS) if "-" in level]
 # A located chain is trusted where at least this share of the landmark nets agree (3 of 5) at a disc, and the two
@@ -238,6 +238,7 @@ def tune_joint(
 
 
 JOINT_KEYS = [*METRIC_KEYS, *SPIDER_METRIC_KEYS]
+CI_KEYS = ["tianchi_macro_f1", "within_6mm", "all_levels_hit"]  # Tianchi's figures given with a bootstrap interval
 
 
 def summarise_joint(
@@ -249,9 +250,10 @@ def summarise_joint(
     spider_splits: Sequence[np.ndarray],
 ) -> dict[str, Any]:
     """CV figures of both sets: fold k of each held out together, scored with a decision tuned on the other folds
-    of both; then the pooled SPIDER figures (each slice read with its own fold's decision), per manufacturer."""
+    of both; then both sets pooled (each study read with its own fold's decision), SPIDER's per manufacturer, with
+    95 % patient-bootstrap intervals (`ci95`): what the figures could have been on this many patients."""
     studies = [it.study for it in spider]
-    per_fold, own = [], {}
+    per_fold, own, pooled = [], {}, []
     for val, sval in zip(splits, spider_splits, strict=True):
         held, sheld = set(val), set(sval)
         others = [i for i in range(len(items)) if i not in held]
@@ -267,13 +269,23 @@ def summarise_joint(
         )
         m["decision"] = d.to_dict()
         per_fold.append(m)
+        pooled += results_for([items[i] for i in val], [oof[i] for i in val], d)
         own.update({studies[i].instance_uid: spider_levels(np.asarray(spider_oof[i]["probs"]), d) for i in sval})
     report: dict[str, Any] = {
         "per_fold": per_fold,
         "cv_mean": {k: round(float(np.mean([m[k] for m in per_fold])), 4) for k in JOINT_KEYS},
     }
+    report["cv_pooled_nested"] = evaluate(pooled, single_label_figure=False)
     report["spider_pooled_nested"] = spider_metrics(studies, own)
     report["spider_per_manufacturer_nested"] = by_manufacturer(studies, own)
+    report["ci95"] = {
+        "tianchi": bootstrap_ci(pooled, {}, lambda sample, _: evaluate(sample, False), CI_KEYS),
+        "spider": bootstrap_ci(studies, own, spider_metrics, SPIDER_METRIC_KEYS),
+        **{
+            f"spider_{name}": bootstrap_ci(group, own, spider_metrics, SPIDER_METRIC_KEYS)
+            for name, group in by_manufacturer(studies, own, lambda group, _: group).items()
+        },
+    }
     final = tune_joint((items, oof), (studies, spider_oof))
     report["decision"] = final.to_dict()
     report["cv_pooled_tuned_in_sample"] = score_both((items, oof), (studies, spider_oof), final)

@@ -21,6 +21,11 @@ def _row(m: dict, keys: list[str]) -> str:
     return " | ".join(str(m.get(k, "–")) for k in keys)
 
 
+def _ci(intervals: dict, key: str) -> str:
+    lo, hi = intervals.get(key, (None, None))
+    return f"[{lo}–{hi}]" if lo is not None else ""
+
+
 def tables(report: dict) -> str:
     out = ["| fold | studies | " + " | ".join(KEYS) + " |", "|" + " --- |" * (len(KEYS) + 2)]
     for i, m in enumerate(report["per_fold"], 1):
@@ -42,6 +47,10 @@ def tables(report: dict) -> str:
             f"Pooled out-of-fold, untuned decision (arg-max): macro-F1 {pooled['tianchi_macro_f1']}, "
             f"within 6 mm {pooled['within_6mm']}, all 11 levels hit {pooled['all_levels_hit']}.",
         ]
+    nested, ci = report.get("cv_pooled_nested"), report.get("ci95", {})
+    if nested and "tianchi" in ci:
+        figures = ", ".join(f"{k} {nested[k]} {_ci(ci['tianchi'], k)}" for k in ci["tianchi"])
+        out += ["", f"Pooled held out, each study read with its own fold's decision (95 % bootstrap): {figures}."]
     if "spider_pooled_nested" in report:
         out += ["", spider_tables(report)]
     return "\n".join(out)
@@ -61,6 +70,8 @@ def spider_tables(report: dict) -> str:
     out.append("| **mean** | | " + " | ".join(f"**{report['cv_mean'].get(k, '–')}**" for k in keys) + " |")
     pooled = report["spider_pooled_nested"]
     out.append(f"| pooled | {pooled['discs']} | " + _row(pooled, keys) + " |")
+    if "spider" in report.get("ci95", {}):
+        out.append("| 95 % CI | | " + " | ".join(_ci(report["ci95"]["spider"], k) for k in keys) + " |")
     out += [
         "",
         "Per scanner manufacturer (pooled, each slice read with its own fold's decision):",
@@ -70,6 +81,8 @@ def spider_tables(report: dict) -> str:
     ]
     for name, m in report.get("spider_per_manufacturer_nested", {}).items():
         out.append(f"| {name} | {m['studies']} | {m['discs']} | " + _row(m, keys) + " |")
+        if f"spider_{name}" in report.get("ci95", {}):
+            out.append("| 95 % CI | | | " + " | ".join(_ci(report["ci95"][f"spider_{name}"], k) for k in keys) + " |")
     return "\n".join(out)
 
 
