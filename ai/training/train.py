@@ -5,6 +5,7 @@ figures never see their own tuning."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -330,6 +331,27 @@ def resumed(folder: Path, recipe: Recipe, device: str, val_studies: list[str] | 
     return Member.load(folder, device, fused=False, int8_grader=False)
 
 
+def fold_model(
+    out_dir: Path,
+    k: int,
+    items: Sequence[Item],
+    val: np.ndarray,
+    recipe: Recipe,
+    device: str,
+    resume: bool,
+    log: Log,
+    train: Callable[[], Member],
+) -> Member:
+    """Fold k's model: the one a cut-short run left (`resumed`) when resuming, else `train()`'s, saved with its fold."""
+    folder, held = out_dir / f"fold{k + 1}", held_out(k, items, val)
+    if resume and (member := resumed(folder, recipe, device, held["val_studies"])) is not None:
+        log(f"fold {k + 1} resumed from {folder}")
+        return member
+    member = train()
+    member.save(folder, held)
+    return member
+
+
 def fit(
     items: list[Item],
     recipe: Recipe,
@@ -453,14 +475,18 @@ def run_landmarks(
     for k, val in enumerate(folds_of(len(items), folds, 0) if folds > 1 else []):
         held = set(val.tolist())
         train = [it for i, it in enumerate(items) if i not in held]
-        member = (
-            resumed(out_dir / f"fold{k + 1}", recipe, device, held_out(k, items, val)["val_studies"])
-            if resume
-            else None
+        member = fold_model(
+            out_dir,
+            k,
+            items,
+            val,
+            recipe,
+            device,
+            resume,
+            log,
+            # called at once, in this iteration: the loop variables it reads are this fold's
+            lambda: Member(train_landmarks(train, recipe.lm_epochs, seed + k, log, recipe, device), None, meta, dev),  # noqa: B023
         )
-        if member is None:
-            member = Member(train_landmarks(train, recipe.lm_epochs, seed + k, log, recipe, device), None, meta, dev)
-            member.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
         hits = points = 0
         for i in val:
             it = items[i]
@@ -540,13 +566,17 @@ def run(
         t0 = time.time()
         train = [items[i] for i in range(len(items)) if i not in set(val)]
         strain = [spider[i] for i in range(len(spider)) if i not in set(sval)]
-        model = (
-            resumed(out_dir / f"fold{k + 1}", recipe, device, held_out(k, items, val)["val_studies"])
-            if resume
-            else None
-        )
-        if model is None:
-            model = fit(
+        model = fold_model(
+            out_dir,
+            k,
+            items,
+            val,
+            recipe,
+            device,
+            resume,
+            log,
+            functools.partial(
+                fit,
                 train,
                 recipe,
                 seed + k,
@@ -554,10 +584,8 @@ def run(
                 device,
                 strain or None,
                 landmarks_from / f"fold{k + 1}" if landmarks_from else None,
-            )
-            model.save(out_dir / f"fold{k + 1}", held_out(k, items, val))
-        else:
-            log(f"fold {k + 1}/{folds} resumed from {out_dir / f'fold{k + 1}'}")
+            ),
+        )
         for i, p in zip(val, predict(model, [items[i] for i in val]), strict=True):
             oof[i] = p
         for i, p in zip(sval, predict_spider(model, [spider[i] for i in sval]), strict=True):
