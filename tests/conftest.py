@@ -1,5 +1,14 @@
 from __future__ import annotations
 
+import os
+
+# Before torch is imported anywhere in this worker or the nodes it starts: two xdist workers each running torch with a
+# thread per core oversubscribe the cores and torch's OpenMP threads spin against each other (tests/test_site.py with
+# tests/test_quantize.py on 2 cores: 127 s with the default, 50 s with a thread per worker).
+os.environ.setdefault(
+    "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+)
+
 import shutil
 import sys
 import tempfile

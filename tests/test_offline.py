@@ -6,7 +6,6 @@ import socket
 
 import numpy as np
 import pytest
-import torch
 
 from ai.infer import Analyzer
 
@@ -38,7 +37,6 @@ def test_inference_is_offline(no_network):
 def test_training_is_offline(no_network, shared_data, tmp_path):
     from ai.training import train
 
-    torch.set_num_threads(2)
     items = train.prepare(train.load_dataset(shared_data)[:6])
     train.train_landmarks(items, epochs=1, seed=0, log=lambda m: None)
     train.train_grader(items, epochs=1, seed=0, log=lambda m: None)
