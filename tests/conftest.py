@@ -6,7 +6,8 @@ import os
 # thread per core oversubscribe the cores and torch's OpenMP threads spin against each other (tests/test_site.py with
 # tests/test_quantize.py on 2 cores: 127 s with the default, 50 s with a thread per worker).
 os.environ.setdefault(
-    "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    "OMP_NUM_THREADS",
+    str(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))),
 )
 
 import shutil
