@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import os
 
-# Before torch is imported anywhere in this worker or the nodes it starts: two xdist workers each running torch with a
-# thread per core oversubscribe the cores and torch's OpenMP threads spin against each other (tests/test_site.py with
-# tests/test_quantize.py on 2 cores: 127 s with the default, 50 s with a thread per worker).
-os.environ.setdefault(
-    "OMP_NUM_THREADS",
-    str(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))),
-)
+# Before torch is imported anywhere in this xdist worker or the nodes it starts (only in a worker: the controller's
+# environment is what the workers inherit): two workers each running torch with a thread per core oversubscribe the
+# cores and torch's OpenMP threads spin against each other (tests/test_site.py with tests/test_quantize.py on 2 cores:
+# 127 s with the default, 50 s with a thread per worker).
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
 import shutil
 import sys
